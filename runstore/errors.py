@@ -1,0 +1,54 @@
+"""Exceptions of the runstore library: one base class, one subclass per condition.
+
+Messages are one line, name the bad value and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class RunstoreError(Exception):
+    """Base class of every error runstore raises on purpose."""
+
+
+class StoreError(RunstoreError):
+    """The local store cannot be opened or written."""
+
+
+class StoreFullError(StoreError):
+    """The disk holding the store is full; the buffered rows are kept in memory."""
+
+
+class NotFoundError(RunstoreError, LookupError):
+    """A run or artifact that was asked for does not exist."""
+
+
+class SQLError(RunstoreError):
+    """User SQL was refused or failed."""
+
+
+class RemoteError(RunstoreError):
+    """Base class of errors talking to a runstore server."""
+
+
+class NotLoggedInError(RemoteError, RuntimeError):
+    """No server credentials are configured (t9k raises RuntimeError here)."""
+
+
+class TransientRemoteError(RemoteError):
+    """A failure worth retrying: connection refused/reset, timeout, 5xx, 429."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentRemoteError(RemoteError):
+    """A failure that retrying cannot fix (4xx): the server's message is kept."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ConflictError(PermanentRemoteError, RuntimeError):
+    """conflict_strategy='error' and the folder already holds a node of that name."""
