@@ -1,0 +1,11 @@
+"""Command line: `runstore ...`. Each module registers its commands on the group in base.py.
+
+local.py   ls, describe, sql             (the local store)
+remote.py  login, logout, upload         (talking to a server)
+server.py  serve, user                   (running a server)
+"""
+
+from runstore.cli import local, remote, server  # noqa: F401  (registers the commands)
+from runstore.cli.base import main
+
+__all__ = ["main"]

@@ -1,0 +1,3 @@
+"""runstore CLI: commands registered on the group in base.py."""
+
+from runstore.cli.base import main  # noqa: F401
