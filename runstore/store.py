@@ -316,3 +316,46 @@ def copy_file_atomic(source: Path, dest: Path) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, dest)
+
+
+# A run whose owner lives on another host (a store shared across hosts, which is unsupported
+# but happens) is considered dead when it showed no sign of life for this long.
+FOREIGN_HOST_STALE_S = 3600.0
+
+
+def reap_dead_runs(store: Store, *, host: str | None = None,
+                   now: float | None = None) -> list[str]:
+    """Mark Running runs whose process is gone as Error, ending at their last sign of life.
+
+    Returns the alternative names of the runs marked. Everything flushed before the death is
+    kept; the trigger on runs makes them pending for sync.
+    """
+    from runstore.timeutil import iso_from_unix
+
+    host = host or hostname()
+    now = time.time() if now is None else now
+    rows = store.read(
+        "SELECT id, alternative_name, hostname, pid, pid_start, heartbeat_at, start_timestamp "
+        "FROM runs WHERE status = 'Running'")
+    dead = []
+    for row in rows:
+        if row["hostname"] == host:
+            alive = row["pid"] is not None and process_alive(row["pid"], row["pid_start"])
+        else:
+            alive = row["heartbeat_at"] is not None and now - row["heartbeat_at"] < \
+                FOREIGN_HOST_STALE_S
+        if not alive:
+            dead.append(row)
+    marked = []
+    for row in dead:
+        end = (iso_from_unix(row["heartbeat_at"]) if row["heartbeat_at"] is not None
+               else row["start_timestamp"])
+        with store.write() as conn:
+            # Re-check inside the write lock: the run may have finished meanwhile.
+            cur = conn.execute(
+                "UPDATE runs SET status = 'Error', end_timestamp = ? "
+                "WHERE id = ? AND status = 'Running' AND pid IS ? AND pid_start IS ?",
+                (end, row["id"], row["pid"], row["pid_start"]))
+            if cur.rowcount:
+                marked.append(row["alternative_name"])
+    return marked

@@ -1,0 +1,195 @@
+"""The t9k.em module-level functions: create_run, load_run, create_artifact, ..."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runstore.artifact import Artifact, find_artifact_row
+from runstore.config import check_conflict_strategy
+from runstore.errors import NotFoundError
+from runstore.run import Run, find_run_row
+from runstore.store import Store, default_home, reap_dead_runs
+from runstore.writer import Writer
+
+CONFIG_KEYS = ("name", "hparams", "labels", "description", "auto_upload", "folder",
+               "make_folder", "conflict_strategy")
+
+_lock = threading.Lock()
+_stores: dict[Path, Store] = {}
+_writers: dict[Path, Writer] = {}
+
+
+def default_store() -> Store:
+    """The store at RUNSTORE_HOME (or the user data dir), opened once per process."""
+    home = default_home().resolve()
+    with _lock:
+        store = _stores.get(home)
+        if store is None:
+            store = _stores[home] = Store(home)
+            reap_dead_runs(store)
+        return store
+
+
+def writer_for(store: Store) -> Writer:
+    with _lock:
+        writer = _writers.get(store.home)
+        if writer is None:
+            writer = _writers[store.home] = Writer(store)
+        return writer
+
+
+def all_writers() -> list[Writer]:
+    with _lock:
+        return list(_writers.values())
+
+
+def _after_fork_in_child() -> None:
+    """Inherited runs keep their rows with the parent; the child starts with empty buffers."""
+    global _lock
+    _lock = threading.Lock()
+    for writer in _writers.values():
+        writer._runs_lock = threading.Lock()
+        for run in list(writer._runs):
+            run._pending.clear()
+            run._flush_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _read_run_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(config_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config_path {str(config_path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config_path {str(config_path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config_path {str(config_path)!r} must hold a mapping of "
+                         f"{', '.join(CONFIG_KEYS)}")
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"config_path {str(config_path)!r} has unknown keys {unknown}; "
+                         f"allowed: {', '.join(CONFIG_KEYS)}")
+    return data
+
+
+def create_run(config_path: str | os.PathLike[str] | None = None, name: str = "default",
+               hparams: dict[str, Any] | None = None, labels: list[str] | None = None,
+               description: str = "", auto_upload: bool = False, folder: str = "default",
+               make_folder: bool = False, conflict_strategy: str = "new") -> Run:
+    """Create and start a Run in the local store (the YAML file's values override arguments)."""
+    args: dict[str, Any] = {
+        "name": name, "hparams": hparams, "labels": labels, "description": description,
+        "auto_upload": auto_upload, "folder": folder, "make_folder": make_folder,
+        "conflict_strategy": conflict_strategy,
+    }
+    if config_path is not None:
+        args.update(_read_run_config(config_path))
+    check_conflict_strategy(args["conflict_strategy"])
+    if not isinstance(args["folder"], str) or not args["folder"]:
+        raise ValueError(f"folder must be a non-empty str, not {args['folder']!r}")
+    hp = args["hparams"] or {}
+    if not isinstance(hp, dict):
+        raise TypeError(f"hparams must be a dict, not {type(hp).__name__}")
+    metadata = {
+        "name": args["name"], "labels": args["labels"], "description": args["description"],
+        "_target": {"folder": args["folder"], "make_folder": args["make_folder"],
+                    "conflict_strategy": args["conflict_strategy"],
+                    "auto_upload": args["auto_upload"]},
+    }
+    run = Run(metadata, hparams=hp)
+    run._start_tee()
+    return run
+
+
+def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: str = "default",
+             make_folder: bool = False, conflict_strategy: str = "new") -> Run:
+    """Load a run (local dir, name, alternative name or UUID; else from the server) to go on.
+
+    The run is set back to Running with its end timestamp cleared.
+    """
+    check_conflict_strategy(conflict_strategy)
+    store = default_store()
+    row = _find_local(store, str(path), find_run_row, "runs")
+    if row is None:
+        from runstore.remote import Client, download_run
+
+        with Client.from_config() as client:
+            run_uuid = download_run(store, str(path), client)
+        row = find_run_row(store, run_uuid)
+    with store.write() as conn:
+        conn.execute("UPDATE runs SET folder = ?, make_folder = ?, conflict_strategy = ?, "
+                     "auto_upload = ? WHERE id = ?",
+                     (folder, int(make_folder), conflict_strategy, int(auto_upload), row["id"]))
+    run = Run._from_store(store, find_run_row(store, row["uuid"]))
+    if run.status != "Running":
+        run._reopen()
+    run._start_tee()
+    return run
+
+
+def _find_local(store: Store, ref: str, finder: Any, table: str) -> Any:
+    candidate = Path(ref).expanduser()
+    if candidate.is_dir():
+        rows = store.read(f"SELECT * FROM {table} WHERE local_dir = ?",
+                          (str(candidate.resolve()),))
+        if rows:
+            return rows[0]
+        ref = candidate.name
+    try:
+        return finder(store, ref)
+    except NotFoundError:
+        if "/" in ref:
+            return None  # a remote path: the caller asks the server
+        raise
+
+
+def create_artifact(name: str, labels: list[str] | None = None,
+                    description: str = "") -> Artifact:
+    """Create an Artifact in the local store."""
+    return Artifact({"name": name, "labels": labels, "description": description})
+
+
+def load_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Load an artifact (local dir, name, alternative name or UUID; else from the server)."""
+    store = default_store()
+    row = _find_local(store, str(path), find_artifact_row, "artifacts")
+    if row is None:
+        from runstore.remote import Client, download_artifact
+
+        with Client.from_config() as client:
+            art_uuid = download_artifact(store, str(path), client)
+        row = find_artifact_row(store, art_uuid)
+    return Artifact({}, store=store, _row=row)
+
+
+def upload(path: str, folder: str = "default", make_folder: bool = False,
+           conflict_strategy: str = "new") -> None:
+    """Upload a run or artifact (or a directory holding several) to the server."""
+    from runstore import remote
+
+    check_conflict_strategy(conflict_strategy)
+    remote.upload(path, folder=folder, make_folder=make_folder,
+                  conflict_strategy=conflict_strategy)
+
+
+def login(ais_host: str | None = None, api_key: str | None = None,
+          timeout: float | None = None) -> None:
+    """Store server credentials (t9k's signature)."""
+    from runstore import remote
+
+    remote.login(ais_host=ais_host, api_key=api_key, timeout=timeout)
+
+
+def logout() -> None:
+    """Forget the stored server credentials."""
+    from runstore import remote
+
+    remote.logout()

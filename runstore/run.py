@@ -1,0 +1,499 @@
+"""Run: one training run, t9k.em's Run backed by the local SQLite store."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import signal
+import threading
+import time
+import uuid as _uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runstore import capture
+from runstore.errors import NotFoundError
+from runstore.names import alternative_name as make_alternative_name
+from runstore.names import check_name
+from runstore.params import Params, check_json
+from runstore.store import Store, hostname
+from runstore.timeutil import now_iso
+from runstore.writer import WAKE_AT_RECORDS, Writer, to_float
+
+if TYPE_CHECKING:
+    pass
+
+ASSOCIATION_KINDS = ("Artifact", "Model", "Dataset", "branch", "tag", "commit")
+_str, _float, _int, _bool = str, float, int, bool
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
+def _check_labels(labels: Any) -> list[str]:
+    if labels is None:
+        return []
+    if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
+        raise TypeError(f"labels must be a list of str, not {labels!r}")
+    return list(labels)
+
+
+class Run:
+    """A run of a model for some ML task (t9k.em.Run), stored in the local SQLite store."""
+
+    # -- construction ----------------------------------------------------------------------
+    def __init__(self, metadata: dict[str, Any], hparams: dict[str, Any] | None = None,
+                 metrics: dict[str, list[dict[str, Any]]] | None = None,
+                 platform: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
+                 *, store: Store | None = None, _row: Any = None) -> None:
+        from runstore.api import default_store
+
+        self._store = store or default_store()
+        self._pending: collections.deque = collections.deque()
+        self._flush_lock = threading.RLock()
+        self._tee: capture.StdoutTee | None = None
+        self._owner_pid = os.getpid()
+        if _row is None:
+            _row = self._insert(metadata, hparams or {}, platform, git)
+        self._load_row(_row)
+        self._hparams = Params(json.loads(_row["hparams"]), persist=self._persist_hparams)
+        if metrics:
+            for type_, records in metrics.items():
+                for rec in records:
+                    seq = rec.get("sequence", {})
+                    self.log(type_, rec.get("value", {}), seq.get("step", 0), seq.get("epoch"))
+        if self._status == "Running":
+            self._writer.register(self)
+            _install_exit_handlers()
+
+    def _insert(self, metadata: dict[str, Any], hparams: dict[str, Any],
+                platform: dict[str, Any] | None, git: dict[str, Any] | None) -> Any:
+        name = check_name(metadata.get("name", "default"))
+        labels = _check_labels(metadata.get("labels"))
+        description = metadata.get("description") or ""
+        if not isinstance(description, str):
+            raise TypeError(f"description must be a str, not {description!r}")
+        for key, value in hparams.items():
+            if not isinstance(key, str):
+                raise TypeError(f"hyperparameter names must be str, not {key!r}")
+            check_json(key, value)
+        target = metadata.get("_target", {})
+        alt = metadata.get("alternativeName") or make_alternative_name(name)
+        run_uuid = metadata.get("_uuid") or _uuid.uuid4().hex
+        local_dir = self._store.run_dir(alt)
+        pid, pid_start = capture.pid_identity()
+        platform = platform if platform is not None else capture.platform_info()
+        git = git if git is not None else capture.git_info()
+        with self._store.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (uuid, name, alternative_name, labels, description, status, "
+                "start_timestamp, hparams, platform, git, local_dir, folder, make_folder, "
+                "conflict_strategy, auto_upload, hostname, pid, pid_start, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, 'Running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_uuid, name, alt, _json(labels), description,
+                 metadata.get("startTimestamp") or now_iso(), _json(hparams), _json(platform),
+                 _json(git), str(local_dir), target.get("folder", "default"),
+                 int(bool(target.get("make_folder", False))),
+                 target.get("conflict_strategy", "new"), int(bool(target.get("auto_upload"))),
+                 hostname(), pid, pid_start, time.time()))
+            row_id = cur.lastrowid
+        local_dir.mkdir(parents=True, exist_ok=True)
+        return self._store.read("SELECT * FROM runs WHERE id = ?", (row_id,))[0]
+
+    def _load_row(self, row: Any) -> None:
+        self.id: int = row["id"]
+        self.uuid: str = row["uuid"]
+        self._name = row["name"]
+        self._alternative_name = row["alternative_name"]
+        self._labels = json.loads(row["labels"])
+        self._description = row["description"]
+        self._status = row["status"]
+        self._start = row["start_timestamp"]
+        self._end = row["end_timestamp"]
+        self._platform = json.loads(row["platform"])
+        self._git = json.loads(row["git"])
+        self._local = row["local_dir"]
+        self._metric_count = row["metric_count"]
+
+    @classmethod
+    def _from_store(cls, store: Store, row: Any) -> Run:
+        run = cls.__new__(cls)
+        Run.__init__(run, {}, store=store, _row=row)
+        return run
+
+    @property
+    def _writer(self) -> Writer:
+        from runstore.api import writer_for
+
+        return writer_for(self._store)
+
+    def __repr__(self) -> str:
+        return f"<Run {self._alternative_name} {self._status}>"
+
+    # -- properties (t9k) ------------------------------------------------------------------
+    name = property(lambda self: self._name, doc="Name of the Run.")
+    alternative_name = property(lambda self: self._alternative_name,
+                                doc="<name>_<yymmdd>_<HHMMSS>_<6 chars>, unique per store.")
+    start_timestamp = property(lambda self: self._start)
+    end_timestamp = property(lambda self: self._end)
+    status = property(lambda self: self._status, doc="Running, Complete or Error.")
+    platform = property(lambda self: self._platform)
+    git = property(lambda self: self._git)
+    local = property(lambda self: self._local, doc="The run's directory (holds stdout.log).")
+    hparams = property(lambda self: self._hparams, doc="Hyperparameters (a Params).")
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @labels.setter
+    def labels(self, value: list[str]) -> None:
+        labels = _check_labels(value)
+        self._update_columns(labels=_json(labels))
+        self._labels = labels
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @description.setter
+    def description(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"description must be a str, not {value!r}")
+        self._update_columns(description=value)
+        self._description = value
+
+    @property
+    def associations(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {"input": [], "output": []}
+        for row in self._store.read(
+                "SELECT direction, entry FROM associations WHERE run_id = ? "
+                "ORDER BY direction, position", (self.id,)):
+            out[row["direction"]].append(json.loads(row["entry"]))
+        return out
+
+    asso = associations
+
+    @property
+    def remote(self) -> list[dict[str, Any]]:
+        return remote_history(self._store, "run", self.uuid)
+
+    @property
+    def metrics(self) -> dict[str, list[dict[str, Any]]]:
+        """Dict[type, List[{'value': {...}, 'sequence': {'epoch', 'step', 'timestamp'}}]]."""
+        if self._pending:
+            self._writer.flush(self)
+        return read_metrics(self._store, self.id)
+
+    def _update_columns(self, **columns: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in columns)
+        with self._store.write() as conn:
+            conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*columns.values(), self.id))
+
+    def _persist_hparams(self, data: dict[str, Any]) -> None:
+        self._update_columns(hparams=_json(data))
+
+    # -- logging ---------------------------------------------------------------------------
+    def log(self, type: str, metrics: dict[str, float], step: int,  # noqa: A002
+            epoch: int | None = None) -> None:
+        """Log metrics of a type ('train', 'val', 'test', synonyms or any string) at a step.
+
+        Values go through float(); the call only appends to an in-memory buffer.
+        """
+        if self._status != "Running":
+            raise RuntimeError(
+                f"run {self._alternative_name!r} is {self._status}; "
+                "load_run() it to log more")
+        if type.__class__ is not _str or not type:
+            raise TypeError(f"metric type must be a non-empty str, not {type!r}")
+        if step.__class__ is not _int:
+            step = _as_int("step", step)
+        if epoch is not None and epoch.__class__ is not _int:
+            epoch = _as_int("epoch", epoch)
+        values = {}
+        try:
+            for key, value in metrics.items():
+                cls = value.__class__
+                if key.__class__ is not _str:
+                    raise TypeError(f"metric names must be str, not {key!r}")
+                if cls is _float:
+                    values[key] = value
+                elif cls is _int or cls is _bool:
+                    values[key] = _float(value)
+                else:
+                    values[key] = to_float(key, value)
+        except AttributeError:
+            raise TypeError(
+                f"metrics must be a dict of name -> number, not {metrics!r}") from None
+        pending = self._pending
+        pending.append((type, values, step, epoch, time.time()))
+        if len(pending) >= WAKE_AT_RECORDS:
+            self._writer.wake.set()
+
+    def flush(self) -> int:
+        """Write buffered metrics now (they are written every half second anyway)."""
+        return self._writer.flush(self)
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        """Mark the run Complete (flushing everything). A second call raises RuntimeError."""
+        self._end_run("Complete")
+
+    def _end_run(self, status: str) -> None:
+        if self._status != "Running":
+            raise RuntimeError(
+                f"run {self._alternative_name!r} is already finished ({self._status})")
+        self._writer.flush(self)
+        end = now_iso()
+        hparams = _json(self._hparams._data)  # catches nested values mutated in place
+        with self._store.write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, end_timestamp = ?, hparams = ?, heartbeat_at = ? "
+                "WHERE id = ?", (status, end, hparams, time.time(), self.id))
+        self._status, self._end = status, end
+        self._writer.unregister(self)
+        capture.stop_tee(self._tee)
+        self._tee = None
+
+    def _start_tee(self) -> None:
+        if self._tee is None:
+            self._tee = capture.start_tee(Path(self._local) / "stdout.log")
+
+    def _reopen(self) -> None:
+        """load_run(): back to Running, end timestamp cleared, owned by this process."""
+        pid, pid_start = capture.pid_identity()
+        with self._store.write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'Running', end_timestamp = NULL, hostname = ?, "
+                "pid = ?, pid_start = ?, heartbeat_at = ? WHERE id = ?",
+                (hostname(), pid, pid_start, time.time(), self.id))
+        self._status, self._end = "Running", None
+        self._owner_pid = os.getpid()
+        self._writer.register(self)
+        _install_exit_handlers()
+
+    # -- lineage ---------------------------------------------------------------------------
+    def mark_input(self, resource: Any) -> None:
+        """Record an Artifact, Model, Dataset, Branch, Tag or Commit as an input."""
+        self._associate("input", resource)
+
+    def mark_output(self, resource: Any) -> None:
+        """Record an Artifact, Model, Dataset, Branch, Tag or Commit as an output."""
+        self._associate("output", resource)
+
+    def _associate(self, direction: str, resource: Any) -> None:
+        entry, artifact_id = association_entry(resource)
+        with self._store.write() as conn:
+            for (existing,) in conn.execute(
+                    "SELECT entry FROM associations WHERE run_id = ? AND direction = ?",
+                    (self.id, direction)):
+                if json.loads(existing) == entry:
+                    return  # duplicates are skipped, as in t9k
+            position = conn.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM associations "
+                "WHERE run_id = ? AND direction = ?", (self.id, direction)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO associations (run_id, direction, position, kind, artifact_id, "
+                "entry) VALUES (?, ?, ?, ?, ?, ?)",
+                (self.id, direction, position, entry["kind"], artifact_id, _json(entry)))
+
+    # -- dict form -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The run's metadata in t9k's shape."""
+        return {
+            "kind": "Run",
+            "name": self._name,
+            "labels": list(self._labels),
+            "description": self._description,
+            "startTimestamp": self._start,
+            "endTimestamp": self._end,
+            "status": self._status,
+            "alternativeName": self._alternative_name,
+            "associations": self.associations,
+            "remote": self.remote,
+        }
+
+    def parse_from_dict(self, data: dict[str, Any]) -> None:
+        """Set the metadata from a dict shaped like to_dict() (persisted)."""
+        if data.get("kind", "Run") != "Run":
+            raise ValueError(f"not a Run dict: kind is {data.get('kind')!r}")
+        name = check_name(data.get("name", self._name))
+        labels = _check_labels(data.get("labels", self._labels))
+        status = data.get("status", self._status)
+        if status not in ("Running", "Complete", "Error"):
+            raise ValueError(f"status {status!r} is not Running, Complete or Error")
+        columns = {
+            "name": name, "labels": _json(labels),
+            "description": data.get("description", self._description),
+            "start_timestamp": data.get("startTimestamp", self._start),
+            "end_timestamp": data.get("endTimestamp", self._end),
+            "status": status,
+        }
+        alt = data.get("alternativeName", self._alternative_name)
+        if alt != self._alternative_name:
+            columns["alternative_name"] = alt
+        assoc = data.get("associations")
+        entries = []
+        if assoc is not None:
+            for direction in ("input", "output"):
+                for item in assoc.get(direction, []):
+                    entry, artifact_id = association_entry(item)
+                    entries.append((direction, entry, artifact_id))
+        with self._store.write() as conn:
+            sets = ", ".join(f"{k} = ?" for k in columns)
+            conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*columns.values(), self.id))
+            if assoc is not None:
+                conn.execute("DELETE FROM associations WHERE run_id = ?", (self.id,))
+                positions = collections.Counter()
+                for direction, entry, artifact_id in entries:
+                    conn.execute(
+                        "INSERT INTO associations (run_id, direction, position, kind, "
+                        "artifact_id, entry) VALUES (?, ?, ?, ?, ?, ?)",
+                        (self.id, direction, positions[direction], entry["kind"],
+                         artifact_id, _json(entry)))
+                    positions[direction] += 1
+        was_running = self._status == "Running"
+        row = self._store.read("SELECT * FROM runs WHERE id = ?", (self.id,))[0]
+        self._load_row(row)
+        if was_running and self._status != "Running":
+            self._writer.unregister(self)
+
+    # -- upload ----------------------------------------------------------------------------
+    def upload(self, folder: str = "default", make_folder: bool = False,
+               conflict_strategy: str = "new") -> None:
+        """Upload this run (and its input/output artifacts) to the server now."""
+        from runstore.config import check_conflict_strategy
+        from runstore.remote import Client, upload_run
+
+        check_conflict_strategy(conflict_strategy)
+        if self._pending:
+            self._writer.flush(self)
+        with Client.from_config() as client:
+            upload_run(self._store, self.uuid, client, folder=folder, make_folder=make_folder,
+                       conflict_strategy=conflict_strategy)
+
+
+def _as_int(what: str, value: Any) -> int:
+    import operator
+
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {value!r}") from None
+
+
+def association_entry(resource: Any) -> tuple[dict[str, Any], int | None]:
+    """The t9k association entry of a resource (and its local artifact id), else TypeError."""
+    from runstore.artifact import Artifact
+
+    if isinstance(resource, Artifact):
+        return ({"kind": "Artifact", "name": resource.alternative_name,
+                 "localDir": resource.local}, resource.id)
+    cls = type(resource).__name__
+    if cls in ("Model", "Dataset") and hasattr(resource, "id") and hasattr(resource, "path"):
+        return {"kind": cls, "id": str(resource.id), "path": str(resource.path)}, None
+    if cls in ("Branch", "Tag", "Commit") and hasattr(resource, "asset"):
+        ref = getattr(resource, "name", None) or getattr(resource, "id", None)
+        return ({"kind": cls.lower(), "id": f"{resource.asset.id}:{ref}",
+                 "path": f"{resource.asset.path}:{ref}"}, None)
+    if isinstance(resource, dict):
+        kind = resource.get("kind")
+        if kind == "Artifact" and set(resource) == {"kind", "name", "localDir"}:
+            return dict(resource), None
+        if kind in ASSOCIATION_KINDS[1:] and set(resource) == {"kind", "id", "path"}:
+            return dict(resource), None
+    raise TypeError(
+        f"cannot mark {resource!r} as input/output: expected an Artifact, Model, Dataset, "
+        "Branch, Tag or Commit")
+
+
+def remote_history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
+    return [
+        {"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
+         "path": r["path"], "id": r["remote_id"]}
+        for r in store.read(
+            "SELECT action, timestamp, host, path, remote_id FROM remote_history "
+            "WHERE entity = ? AND entity_uuid = ? ORDER BY id", (entity, entity_uuid))
+    ]
+
+
+def read_metrics(store: Store, run_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Rebuild t9k's run.metrics from the long-format rows (one record per log() call)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    current: dict[str, Any] | None = None
+    current_key: tuple | None = None
+    conn = store.connection()
+    for type_, key, step, epoch, value, ts in conn.execute(
+            "SELECT type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ? "
+            "ORDER BY seq", (run_id,)):
+        group = (type_, step, epoch, ts)
+        if current is None or group != current_key or key in current["value"]:
+            current = {"value": {}, "sequence": {"epoch": epoch, "step": step, "timestamp": ts}}
+            current_key = group
+            out.setdefault(type_, []).append(current)
+        current["value"][key] = float("nan") if value is None else value
+    return out
+
+
+def find_run_row(store: Store, ref: str) -> Any:
+    """The runs row for a UUID, an alternative name, or a name (the latest run with it)."""
+    rows = store.read("SELECT * FROM runs WHERE uuid = ? OR alternative_name = ?", (ref, ref))
+    if not rows:
+        rows = store.read("SELECT * FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (ref,))
+    if not rows:
+        raise NotFoundError(
+            f"no run {ref!r} in the store {str(store.home)!r}; "
+            "`runstore ls` lists the runs there")
+    return rows[0]
+
+
+# -- process exit ----------------------------------------------------------------------------
+_exit_installed = False
+_exit_lock = threading.Lock()
+
+
+def _install_exit_handlers() -> None:
+    """At exit (normal, exception, sys.exit, SIGTERM): flush, and mark unfinished runs Error."""
+    global _exit_installed
+    with _exit_lock:
+        if _exit_installed:
+            return
+        _exit_installed = True
+    atexit.register(_at_exit)
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:
+            pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _at_exit() -> None:
+    from runstore.api import all_writers
+
+    for writer in all_writers():
+        for run in writer.live_runs():
+            try:
+                if run._owner_pid != os.getpid():
+                    writer.flush(run)  # a forked child: flush its own rows, never end the run
+                elif run._status == "Running":
+                    run._end_run("Error")
+            except Exception as exc:  # at exit there is nobody to raise to
+                import sys
+
+                print(f"runstore: could not close run {run.alternative_name}: {exc}",
+                      file=sys.stderr)
+
+
+def _after_fork_in_child() -> None:
+    global _exit_installed
+    _exit_installed = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
