@@ -54,7 +54,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     for writer in _writers.values():
         writer._runs_lock = threading.Lock()
-        for run in list(writer._runs):
+        for run in list(writer._runs.values()):
             run._pending.clear()
             run._flush_lock = threading.RLock()
 
@@ -128,6 +128,9 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
         conn.execute("UPDATE runs SET folder = ?, make_folder = ?, conflict_strategy = ?, "
                      "auto_upload = ? WHERE id = ?",
                      (folder, int(make_folder), conflict_strategy, int(auto_upload), row["id"]))
+    live = writer_for(store).live_run(row["id"])
+    if live is not None and live._owner_pid == os.getpid():
+        return live  # already open in this process: the same object, one buffer
     run = Run._from_store(store, find_run_row(store, row["uuid"]))
     if run.status != "Running":
         run._reopen()

@@ -174,7 +174,10 @@ def stop_tee(tee: StdoutTee | None) -> None:
     """Remove the tee if it is still sys.stdout; in any case stop writing the log."""
     if tee is None:
         return
-    tee.flush()
+    try:
+        tee.flush()
+    except (OSError, ValueError):
+        pass  # the original stream may be closed already (at interpreter exit)
     if sys.stdout is tee:
         sys.stdout = tee.original
     tee.close_log()

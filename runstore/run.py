@@ -20,7 +20,7 @@ from runstore.names import check_name
 from runstore.params import Params, check_json
 from runstore.store import Store, hostname
 from runstore.timeutil import now_iso
-from runstore.writer import WAKE_AT_RECORDS, Writer, to_float
+from runstore.writer import MAX_BUFFERED_RECORDS, WAKE_AT_RECORDS, Writer, to_float
 
 if TYPE_CHECKING:
     pass
@@ -231,7 +231,10 @@ class Run:
         pending = self._pending
         pending.append((type, values, step, epoch, time.time()))
         if len(pending) >= WAKE_AT_RECORDS:
-            self._writer.wake.set()
+            if len(pending) >= MAX_BUFFERED_RECORDS:
+                self._writer.flush(self)
+            else:
+                self._writer.wake.set()
 
     def flush(self) -> int:
         """Write buffered metrics now (they are written every half second anyway)."""
@@ -333,6 +336,9 @@ class Run:
         }
         alt = data.get("alternativeName", self._alternative_name)
         if alt != self._alternative_name:
+            if self._store.read("SELECT 1 FROM runs WHERE alternative_name = ?", (alt,)):
+                raise ValueError(f"alternativeName {alt!r} belongs to another run in this "
+                                 "store; use load_run() to open that run")
             columns["alternative_name"] = alt
         assoc = data.get("associations")
         entries = []

@@ -53,10 +53,10 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("runstore", appauthor=False))
 
 
-def filesystem_type(path: Path) -> str | None:
+def filesystem_type(path: Path, mounts_file: str = "/proc/mounts") -> str | None:
     """The type of the filesystem holding ``path`` per /proc/mounts (None if unknown)."""
     try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
+        mounts = Path(mounts_file).read_text().splitlines()
     except OSError:
         return None
     target = os.path.realpath(path)
@@ -85,7 +85,7 @@ class Store:
     """A store directory: the database, its blobs and per-run directories."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
-                 check_filesystem: bool = True) -> None:
+                 check_filesystem: bool = True, mounts_file: str = "/proc/mounts") -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.db_path = self.home / DB_NAME
         self.blobs_dir = self.home / "blobs"
@@ -100,7 +100,7 @@ class Store:
                 "Try: set RUNSTORE_HOME to a writable node-local directory."
             ) from exc
         if check_filesystem:
-            fstype = filesystem_type(self.home)
+            fstype = filesystem_type(self.home, mounts_file)
             if fstype in NETWORK_FILESYSTEMS:
                 warnings.warn(
                     f"runstore: the store {str(self.home)!r} is on a network filesystem "

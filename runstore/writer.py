@@ -8,15 +8,12 @@ thread (one per process and store) flushes every run's buffer with ``executemany
 
 from __future__ import annotations
 
-import collections
 import datetime as _dt
-import math
 import os
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from runstore.errors import StoreError
@@ -32,7 +29,12 @@ INSERT_METRICS = (
 FLUSH_INTERVAL_S = 0.5
 HEARTBEAT_INTERVAL_S = 10.0
 # A buffer this long wakes the writer at once, so memory stays flat in tight loops.
-WAKE_AT_RECORDS = 20_000
+WAKE_AT_RECORDS = 5_000
+# Past this many buffered records log() flushes itself (backpressure: only when logging
+# outpaces the disk), so memory stays bounded.
+MAX_BUFFERED_RECORDS = 20_000
+# Records written per transaction (bounds the rows held in memory while writing).
+FLUSH_CHUNK_RECORDS = 5_000
 
 _float = float
 
@@ -78,19 +80,15 @@ class TimestampFormatter:
         return f"{self._head}.{micros:06d}{self._tail}"
 
 
-def expand_rows(run_id: int, base_seq: int, records: Iterable[tuple]) -> list[tuple]:
+def expand_rows(run_id: int, base_seq: int, records: Iterable[tuple]) -> Iterator[tuple]:
     """Buffered log records -> metric rows in long format (NaN stored as NULL)."""
     fmt = TimestampFormatter()
-    rows: list[tuple] = []
-    append = rows.append
     seq = base_seq
     for type_, values, step, epoch, ts in records:
         iso = fmt(ts)
         for key, value in values.items():
-            append((run_id, seq, type_, key, step, epoch,
-                    value if value == value else None, iso))
+            yield (run_id, seq, type_, key, step, epoch, value if value == value else None, iso)
             seq += 1
-    return rows
 
 
 class Writer:
@@ -102,7 +100,8 @@ class Writer:
         self.flush_interval_s = flush_interval_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.wake = threading.Event()
-        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
+        # Strong references: a live run's buffered rows must outlive the user's variable.
+        self._runs: dict[int, Run] = {}
         self._runs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -110,16 +109,20 @@ class Writer:
 
     def register(self, run: Run) -> None:
         with self._runs_lock:
-            self._runs.add(run)
+            self._runs[run.id] = run
         self._ensure_thread()
 
     def unregister(self, run: Run) -> None:
         with self._runs_lock:
-            self._runs.discard(run)
+            self._runs.pop(run.id, None)
+
+    def live_run(self, run_id: int) -> Run | None:
+        with self._runs_lock:
+            return self._runs.get(run_id)
 
     def live_runs(self) -> list[Run]:
         with self._runs_lock:
-            return list(self._runs)
+            return list(self._runs.values())
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's thread does not exist here
@@ -157,38 +160,36 @@ class Writer:
             self._last_error = error
 
     def flush(self, run: Run, *, heartbeat: bool = False) -> int:
-        """Write run's buffered records in one transaction; returns the rows written."""
+        """Write run's buffered records, a chunk per transaction; returns the rows written."""
+        written = 0
         with run._flush_lock:
             queue = run._pending
-            n = len(queue)
-            if n == 0 and not heartbeat:
-                return 0
-            records = [queue.popleft() for _ in range(n)]
-            rows = expand_rows(run.id, run._metric_count, records)
-            try:
-                with self.store.write() as conn:
-                    count = conn.execute("SELECT metric_count FROM runs WHERE id = ?",
-                                         (run.id,)).fetchone()
-                    if count is None:
-                        raise StoreError(f"run {run.alternative_name!r} was deleted from "
-                                         "the store; its new metrics cannot be kept")
-                    if count[0] != run._metric_count:  # another process logged to this run
-                        rows = expand_rows(run.id, count[0], records)
-                    if rows:
-                        conn.executemany(INSERT_METRICS, rows)
-                    conn.execute(
-                        "UPDATE runs SET metric_count = ?, heartbeat_at = ? WHERE id = ?",
-                        (count[0] + len(rows), time.time(), run.id))
-            except BaseException:
-                queue.extendleft(reversed(records))  # keep them; the next flush retries
-                raise
-            run._metric_count = count[0] + len(rows)
-            return len(rows)
+            while True:
+                n = min(len(queue), FLUSH_CHUNK_RECORDS)
+                if n == 0 and not heartbeat:
+                    return written
+                records = [queue.popleft() for _ in range(n)]
+                try:
+                    written += self._write_chunk(run, records)
+                except BaseException:
+                    queue.extendleft(reversed(records))  # keep them; the next flush retries
+                    raise
+                heartbeat = False
+                if n < FLUSH_CHUNK_RECORDS:
+                    return written
 
-
-def new_buffer() -> collections.deque:
-    return collections.deque()
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
+    def _write_chunk(self, run: Run, records: list[tuple]) -> int:
+        n_rows = sum(len(r[1]) for r in records)
+        with self.store.write() as conn:
+            row = conn.execute("SELECT metric_count FROM runs WHERE id = ?", (run.id,)).fetchone()
+            if row is None:
+                raise StoreError(f"run {run.alternative_name!r} was deleted from the store; "
+                                 "its new metrics cannot be kept")
+            # The stored count wins: another process may have logged to this run.
+            base = row[0]
+            if n_rows:
+                conn.executemany(INSERT_METRICS, expand_rows(run.id, base, records))
+            conn.execute("UPDATE runs SET metric_count = ?, heartbeat_at = ? WHERE id = ?",
+                         (base + n_rows, time.time(), run.id))
+        run._metric_count = base + n_rows
+        return n_rows

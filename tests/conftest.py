@@ -26,3 +26,15 @@ def store(isolated_env: Path):
     s = Store(isolated_env)
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+def close_live_runs():
+    """Runs a test left Running are ended after it (as at process exit), closing their files."""
+    yield
+    from runstore.api import all_writers
+
+    for writer in all_writers():
+        for run in writer.live_runs():
+            if run.status == "Running":
+                run._end_run("Error")

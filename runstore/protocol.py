@@ -1,0 +1,295 @@
+"""The wire messages of the sync protocol, defined once for client and server.
+
+Every JSON body that crosses ``/api/v1`` is one of these pydantic models. Metric rows are the
+exception on the hot path: they travel as compact arrays (see :class:`MetricChunk`) and are
+checked by :func:`decode_metric_rows` without building a model per row.
+
+Non-finite floats: JSON cannot carry NaN or infinities, so metric values travel as numbers when
+finite and as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` otherwise. A NULL value
+in a store (SQLite turns NaN into NULL) is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_PREFIX = "/api/v1"
+PROTOCOL_VERSION = 1
+
+ConflictStrategy = Literal["skip", "error", "new", "replace"]
+ClaimOutcome = Literal["created", "resumed", "skipped", "renamed", "replaced"]
+RunStatus = Literal["Running", "Complete", "Error"]
+
+# Limits the server enforces and the client respects when sizing requests.
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+MAX_BLOB_PART_BYTES = 64 * 1024 * 1024
+BLOB_PART_BYTES = 8 * 1024 * 1024
+METRIC_CHUNK_ROWS = 20_000
+MAX_METRIC_CHUNK_ROWS = 100_000
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Message):
+    """Every error answer: {"detail": "one line naming what is wrong"}."""
+
+    detail: str
+
+
+class Health(Message):
+    status: Literal["ok"] = "ok"
+    version: int = PROTOCOL_VERSION
+
+
+class WhoAmI(Message):
+    user: str
+    root: str
+
+
+# -- folders -------------------------------------------------------------------------------
+class FolderCreate(Message):
+    path: str = Field(max_length=4096)
+    make_parents: bool = False
+
+
+class FolderInfo(Message):
+    path: str
+    created: bool
+
+
+class NodeSummary(Message):
+    """A run or artifact as listed in a folder (the dict shape of ``list_remote``)."""
+
+    kind: Literal["Run", "Artifact"]
+    name: str
+    alternative_name: str
+    uuid: str
+    status: str | None
+    start_timestamp: str | None
+    end_timestamp: str | None
+    labels: list[Any]
+    path: str
+    complete: bool
+
+
+class FolderListing(Message):
+    path: str
+    folders: list[str]
+    nodes: list[NodeSummary]
+
+
+class ResolvedNode(Message):
+    kind: Literal["Folder", "Run", "Artifact"]
+    path: str
+    uuid: str | None = None
+
+
+# -- runs ----------------------------------------------------------------------------------
+class RunMetadata(Message):
+    labels: list[Any] = Field(default_factory=list)
+    description: str = ""
+    status: RunStatus = "Running"
+    start_timestamp: str
+    end_timestamp: str | None = None
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    platform: dict[str, Any] = Field(default_factory=dict)
+    git: dict[str, Any] = Field(default_factory=dict)
+    remote: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RunClaim(Message):
+    """Claim a run by its client UUID; the server decides the outcome atomically."""
+
+    uuid: str = Field(min_length=1, max_length=64)
+    name: str = Field(max_length=4096)
+    alternative_name: str = Field(max_length=4096)
+    folder: str = Field(max_length=4096)
+    conflict_strategy: ConflictStrategy
+    metadata: RunMetadata
+
+
+class ClaimResponse(Message):
+    outcome: ClaimOutcome
+    uuid: str
+    remote_path: str
+    metric_count: int = 0
+    complete: bool = False
+
+
+class MetricChunk(Message):
+    """Rows ``offset .. offset+len(rows)-1`` of a run, each
+    ``[type, key, step, epoch|null, value, timestamp]`` with value a number or a
+    non-finite marker string."""
+
+    offset: int = Field(ge=0)
+    rows: list[list[Any]]
+
+
+class MetricAck(Message):
+    metric_count: int
+    inserted: int
+
+
+class LineageEntry(Message):
+    kind: str = Field(max_length=64)
+    artifact_uuid: str | None = None
+    entry: dict[str, Any]
+
+
+class Lineage(Message):
+    input: list[LineageEntry] = Field(default_factory=list)
+    output: list[LineageEntry] = Field(default_factory=list)
+
+
+class RunFinalize(Message):
+    metric_count: int = Field(ge=0)
+    metadata: RunMetadata
+
+
+class FinalizeResponse(Message):
+    uuid: str
+    remote_path: str
+    metric_count: int
+    complete: bool
+
+
+class RunDetail(Message):
+    uuid: str
+    name: str
+    alternative_name: str
+    path: str
+    folder: str
+    complete: bool
+    metric_count: int
+    metadata: RunMetadata
+    metric_keys: list[list[str]]
+    lineage: Lineage
+    artifacts: list[str]
+
+
+class MetricPage(Message):
+    offset: int
+    rows: list[list[Any]]
+    metric_count: int
+
+
+# -- blobs and artifacts --------------------------------------------------------------------
+class BlobQuery(Message):
+    sha256: list[str] = Field(max_length=100_000)
+
+
+class BlobMissing(Message):
+    missing: list[str]
+
+
+class UploadStart(Message):
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class UploadStatus(Message):
+    sha256: str
+    size_bytes: int
+    offset: int
+    complete: bool
+
+
+class ArtifactObject(Message):
+    path: str = Field(max_length=4096)
+    kind: Literal["file", "reference"]
+    sha256: str | None = None
+    size_bytes: int | None = None
+    uri: str | None = Field(default=None, max_length=8192)
+
+
+class ArtifactMetadata(Message):
+    labels: list[Any] = Field(default_factory=list)
+    description: str = ""
+    created_timestamp: str
+    remote: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ArtifactClaim(Message):
+    uuid: str = Field(min_length=1, max_length=64)
+    name: str = Field(max_length=4096)
+    alternative_name: str = Field(max_length=4096)
+    folder: str = Field(max_length=4096)
+    conflict_strategy: ConflictStrategy
+    metadata: ArtifactMetadata
+    objects: list[ArtifactObject]
+
+
+class ArtifactDetail(Message):
+    uuid: str
+    name: str
+    alternative_name: str
+    path: str
+    folder: str
+    metadata: ArtifactMetadata
+    objects: list[ArtifactObject]
+
+
+# -- metric values ----------------------------------------------------------------------
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_value(value: float | None) -> float | str:
+    """A metric value for JSON: finite floats as is, NaN (or NULL) and infinities as strings."""
+    if value is None or value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return value
+
+
+def decode_value(value: Any) -> float:
+    """Inverse of encode_value; raises ValueError on anything else."""
+    if isinstance(value, str):
+        try:
+            return _NONFINITE[value]
+        except KeyError:
+            raise ValueError(f"metric value {value[:40]!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"metric value {str(value)[:40]!r} is not a number")
+    return float(value)
+
+
+MAX_METRIC_TEXT = 256
+
+
+def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
+    """Check wire rows; return tuples (type, key, step, epoch, value|None-for-NaN, timestamp).
+
+    Raises ValueError naming the first bad row. Cheap enough for the hot path.
+    """
+    out = []
+    append = out.append
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 6:
+            raise ValueError(f"metric row {i} must be [type, key, step, epoch, value, timestamp]")
+        type_, key, step, epoch, value, ts = row
+        if (type(type_) is not str or type(key) is not str or type(ts) is not str
+                or not 0 < len(type_) <= MAX_METRIC_TEXT or not 0 < len(key) <= MAX_METRIC_TEXT
+                or len(ts) > 64):
+            raise ValueError(f"metric row {i}: type, key and timestamp must be short strings")
+        if type(step) is not int or (epoch is not None and type(epoch) is not int):
+            raise ValueError(f"metric row {i}: step and epoch must be integers")
+        if type(value) is not float:
+            value = decode_value(value)
+        append((type_, key, step, epoch, None if value != value else value, ts))
+    return out
+
+
+def encode_metric_row(row: tuple) -> list[Any]:
+    """(type, key, step, epoch, value|None, timestamp) -> a wire row."""
+    type_, key, step, epoch, value, ts = row
+    if value is None or value != value or value in (math.inf, -math.inf):
+        value = encode_value(value)
+    return [type_, key, step, epoch, value, ts]
