@@ -78,7 +78,9 @@ def _is_locked(exc: BaseException) -> bool:
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    return "full" in str(exc).lower() or getattr(exc, "errno", None) == 28
+    # SQLite reports ENOSPC as "database or disk is full", EFBIG (RLIMIT_FSIZE) as I/O error.
+    text = str(exc).lower()
+    return "full" in text or "disk i/o error" in text
 
 
 class Store:
@@ -163,22 +165,21 @@ class Store:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on error."""
         conn = self.connection()
-        self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            self._retry_locked(lambda: conn.execute("COMMIT"))
+            self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield conn
+                self._retry_locked(lambda: conn.execute("COMMIT"))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             if _is_disk_full(exc):
                 raise StoreFullError(
-                    f"the disk holding {str(self.db_path)!r} is full; nothing of this "
-                    "transaction was written. Try: free space there."
+                    f"the disk holding {str(self.db_path)!r} refused a write ({exc}: disk full "
+                    "or a file-size limit); nothing of this transaction was written. "
+                    "Try: free space there, or move RUNSTORE_HOME to a disk with room."
                 ) from exc
             raise
 
