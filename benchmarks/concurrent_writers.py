@@ -70,7 +70,8 @@ def main() -> None:
                                   stderr=subprocess.PIPE, text=True)
                  for i in range(args.procs)]
         outs = [p.communicate() for p in procs]
-        errors = [err for p, (_, err) in zip(procs, outs) if p.returncode != 0 or err.strip()]
+        errors = [err for p, (_, err) in zip(procs, outs, strict=True)
+                  if p.returncode != 0 or err.strip()]
         end = max(float(out.strip().splitlines()[-1]) for out, _ in outs if out.strip())
         elapsed = end - start_at
         store = Store(home)
