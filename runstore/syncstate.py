@@ -80,12 +80,29 @@ def get(store: Store, run_uuid: str) -> SyncEntry | None:
     return _entry(rows[0]) if rows else None
 
 
-def mark_uploading(store: Store, run_uuid: str) -> None:
+def mark_uploading(store: Store, run_uuid: str) -> bool:
+    """Claim a pending (or left-uploading) run for an attempt; False if it is not due anymore.
+
+    A run synced or failed meanwhile (by another uploader, or `syncd retry` racing) is left
+    alone, so a 'synced' mark is never overwritten.
+    """
     with store.write() as conn:
-        conn.execute(
+        cur = conn.execute(
             "UPDATE sync_state SET state = 'uploading', attempts = attempts + 1, "
-            "updated_at = ? WHERE run_id = (SELECT id FROM runs WHERE uuid = ?)",
+            "updated_at = ? WHERE run_id = (SELECT id FROM runs WHERE uuid = ?) "
+            "AND state IN ('pending', 'uploading')",
             (time.time(), run_uuid))
+        return cur.rowcount > 0
+
+
+def defer_pending(store: Store, until: float) -> int:
+    """The server is away: no pending run is tried before ``until`` (later schedules kept)."""
+    with store.write() as conn:
+        cur = conn.execute(
+            "UPDATE sync_state SET next_attempt_at = ?, updated_at = ? "
+            "WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at < ?)",
+            (until, time.time(), until))
+        return cur.rowcount
 
 
 def mark_retry(store: Store, run_uuid: str, error: str, next_attempt_at: float) -> None:
