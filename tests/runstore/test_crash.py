@@ -35,7 +35,7 @@ def start_logger(home: Path, tmp: Path) -> subprocess.Popen:
                             env={**os.environ, "RUNSTORE_HOME": str(home)})
 
 
-@pytest.mark.parametrize("trial", range(5))
+@pytest.mark.parametrize("trial", range(30))
 def test_sigkill_keeps_every_flushed_point(trial: int, tmp_path: Path):
     home = tmp_path / "home"
     proc = start_logger(home, tmp_path)
