@@ -151,13 +151,19 @@ class _Sandbox:
             # function (json_each, pragma_table_info): the schema table is not written.
             return sqlite3.SQLITE_OK
         what = _ACTIONS.get(action, f"action {action}")
-        if action in (24, 25):  # ATTACH, DETACH
+        if action == 26:  # ALTER TABLE: (database, table)
+            arg1 = arg2
+        if action in (24, 25):  # ATTACH, DETACH (VACUUM attaches too)
             return self._refuse(
-                f"{what} {arg1 or ''} is not allowed in runstore sql: it reads the local store "
-                "only; Try: open other databases with sqlite3 or datasette".replace("  ", " "))
-        target = f" {arg1}" if arg1 and not arg1.startswith("sqlite_") else ""
+                f"{what} {arg1!r} is not allowed in runstore sql: it reads the local store "
+                "only; Try: open other databases with sqlite3 or datasette")
+        if arg1 and arg1.startswith("sqlite_"):
+            # DROP, CREATE, ALTER and ANALYZE are first authorized as writes of these tables.
+            what = "changing the schema (CREATE, DROP, ALTER, ANALYZE)"
+        elif arg1:
+            what = f"{what} on {arg1}"
         return self._refuse(
-            f"{what}{target} is not allowed: runstore sql is read-only; Try: one SELECT "
+            f"{what} is not allowed: runstore sql is read-only; Try: one SELECT "
             "(or WITH ... SELECT) statement")
 
     def _refuse(self, message: str) -> int:
