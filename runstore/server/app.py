@@ -1,0 +1,254 @@
+"""The FastAPI application of the runstore server.
+
+Why FastAPI: the wire messages are pydantic models already (runstore.protocol), FastAPI turns
+them into request validation and an OpenAPI document for free, it streams request bodies
+(blob uploads never sit in memory), and it runs on uvicorn with no other moving parts.
+
+Two guards wrap every route, in a plain ASGI middleware so that no route can skip them:
+* a body size limit, enforced on Content-Length up front and on the bytes as they stream in
+  (413 before anything is buffered);
+* bearer-token authentication for every path except PUBLIC_PATHS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+
+from runstore import protocol as p
+from runstore.server import service
+from runstore.server.auth import AuthError, User, authenticate
+from runstore.server.blobs import BlobStore
+from runstore.server.db import Database
+from runstore.server.errors import ServiceError
+from runstore.server.paths import BadPath, check_sha256, check_uuid
+
+API = p.API_PREFIX
+# The only paths served without a token: liveness, and the API description (no data in it).
+PUBLIC_PATHS = frozenset({f"{API}/health", f"{API}/openapi.json", f"{API}/docs"})
+UPLOAD_PREFIX = f"{API}/uploads/"
+
+
+def _json(status: int, detail: str, code: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+class Gate:
+    """ASGI middleware: body size limits and authentication, before any route runs."""
+
+    def __init__(self, app, database: Database, json_limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.database = database
+        self.json_limit = json_limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        limit = self.upload_limit if path.startswith(UPLOAD_PREFIX) else self.json_limit
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                return await _json(400, "bad Content-Length", "bad_request")(scope, receive, send)
+            if too_big:
+                resp = _json(413, f"request body larger than {limit} bytes", "too_large",
+                             {"Connection": "close"})
+                return await resp(scope, receive, send)
+        if path not in PUBLIC_PATHS:
+            auth = headers.get(b"authorization")
+            try:
+                user = await run_in_threadpool(
+                    authenticate, self.database, auth.decode("latin-1") if auth else None)
+            except AuthError as exc:
+                resp = _json(401, str(exc), "unauthorized", {"WWW-Authenticate": "Bearer"})
+                return await resp(scope, receive, send)
+            scope.setdefault("state", {})["user"] = user
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"request body larger than {limit} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def _user(request: Request) -> User:
+    return request.state.user
+
+
+def _checked(fn, *args):
+    try:
+        return fn(*args)
+    except BadPath as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+async def _body(request: Request, model: type[p.Message]) -> Any:
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        raise HTTPException(422, f"invalid {model.__name__}: {where}: {err.get('msg')}") from None
+
+
+def create_app(data_dir: Path | str, database_url: str | None = None, *,
+               json_limit: int = p.MAX_JSON_BODY_BYTES,
+               upload_limit: int = p.MAX_BLOB_PART_BYTES) -> FastAPI:
+    """The ASGI app over a data directory (SQLite + blobs) or a database URL + blobs."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(database_url) if database_url else Database.for_data_dir(data_dir)
+    blob_store = BlobStore(data_dir, database)
+    app = FastAPI(title="runstore server", version=str(p.PROTOCOL_VERSION),
+                  openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs", redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None)
+    app.state.database = database
+    app.state.blobs = blob_store
+    app.add_middleware(Gate, database=database, json_limit=json_limit,
+                       upload_limit=upload_limit)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError):
+        return _json(exc.status_code, str(exc), exc.code)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException):
+        return _json(exc.status_code, str(exc.detail), "http_error", exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        return _json(422, f"invalid request: {where}: {err.get('msg', 'bad value')}", "invalid")
+
+    def write(fn, *args):
+        with database.write() as conn:
+            return fn(conn, *args)
+
+    def read(fn, *args):
+        with database.read() as conn:
+            return fn(conn, *args)
+
+    @app.get(f"{API}/health", response_model=p.Health)
+    def health() -> p.Health:
+        return p.Health()
+
+    @app.get(f"{API}/whoami", response_model=p.WhoAmI)
+    def whoami(request: Request) -> p.WhoAmI:
+        user = _user(request)
+        return p.WhoAmI(user=user.name, root=user.root)
+
+    @app.post(f"{API}/folders", response_model=p.FolderInfo)
+    def create_folder(request: Request, body: p.FolderCreate) -> p.FolderInfo:
+        return write(service.ensure_folder, _user(request), body.path, body.make_parents)
+
+    @app.get(f"{API}/folders/{{path:path}}", response_model=p.FolderListing)
+    def get_folder(request: Request, path: str) -> p.FolderListing:
+        return read(service.list_folder, _user(request), "/" + path)
+
+    @app.get(f"{API}/resolve", response_model=p.ResolvedNode)
+    def resolve(request: Request, path: str = Query(max_length=4096)) -> p.ResolvedNode:
+        return read(service.resolve, _user(request), path)
+
+    @app.get(f"{API}/runs", response_model=list[p.NodeSummary])
+    def list_runs(request: Request) -> list[p.NodeSummary]:
+        return read(service.list_runs, _user(request))
+
+    @app.post(f"{API}/runs/claim", response_model=p.ClaimResponse)
+    def claim_run(request: Request, body: p.RunClaim) -> p.ClaimResponse:
+        return write(service.claim_run, _user(request), body)
+
+    @app.get(f"{API}/runs/{{uuid}}", response_model=p.RunDetail)
+    def get_run(request: Request, uuid: str) -> p.RunDetail:
+        _checked(check_uuid, uuid)
+        return read(service.run_detail, _user(request), uuid)
+
+    @app.put(f"{API}/runs/{{uuid}}/metrics", response_model=p.MetricAck,
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": p.MetricChunk.model_json_schema()}}, "required": True}})
+    async def put_metrics(request: Request, uuid: str) -> p.MetricAck:
+        _checked(check_uuid, uuid)
+        chunk = await _body(request, p.MetricChunk)
+        if len(chunk.rows) > p.MAX_METRIC_CHUNK_ROWS:
+            raise HTTPException(413, f"at most {p.MAX_METRIC_CHUNK_ROWS} rows per chunk")
+        try:
+            rows = p.decode_metric_rows(chunk.rows)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        offset = chunk.offset
+        del chunk
+        return await run_in_threadpool(write, service.append_metrics, _user(request), uuid,
+                                       offset, rows)
+
+    @app.get(f"{API}/runs/{{uuid}}/metrics", response_model=p.MetricPage)
+    def get_metrics(request: Request, uuid: str, offset: int = Query(0, ge=0),
+                    limit: int = Query(10_000, ge=1, le=p.MAX_METRIC_CHUNK_ROWS),
+                    type: str | None = None, key: str | None = None) -> p.MetricPage:
+        _checked(check_uuid, uuid)
+        return read(service.metric_page, _user(request), uuid, offset, limit, type, key)
+
+    @app.put(f"{API}/runs/{{uuid}}/lineage", response_model=p.Lineage)
+    def put_lineage(request: Request, uuid: str, body: p.Lineage) -> p.Lineage:
+        _checked(check_uuid, uuid)
+        return write(service.set_lineage, _user(request), uuid, body)
+
+    @app.post(f"{API}/runs/{{uuid}}/finalize", response_model=p.FinalizeResponse)
+    def finalize(request: Request, uuid: str, body: p.RunFinalize) -> p.FinalizeResponse:
+        _checked(check_uuid, uuid)
+        return write(service.finalize_run, _user(request), uuid, body)
+
+    @app.post(f"{API}/blobs/missing", response_model=p.BlobMissing)
+    def blobs_missing(request: Request, body: p.BlobQuery) -> p.BlobMissing:
+        return p.BlobMissing(missing=read(service.missing_blobs, _user(request), body.sha256))
+
+    @app.get(f"{API}/blobs/{{sha256}}")
+    def get_blob(request: Request, sha256: str):
+        _checked(check_sha256, sha256)
+        path = blob_store.path(sha256)
+        if not read(service.may_read_blob, _user(request), sha256) or not path.exists():
+            raise HTTPException(404, f"blob {sha256} not found")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.post(f"{API}/uploads", response_model=p.UploadStatus)
+    def start_upload(request: Request, body: p.UploadStart) -> p.UploadStatus:
+        _checked(check_sha256, body.sha256)
+        return blob_store.status(_user(request).id, body.sha256, body.size_bytes)
+
+    @app.patch(f"{API}/uploads/{{sha256}}", response_model=p.UploadStatus,
+               openapi_extra={"requestBody": {"content": {"application/octet-stream": {
+                   "schema": {"type": "string", "format": "binary"}}}, "required": True}})
+    async def upload_part(request: Request, sha256: str, offset: int = Query(ge=0),
+                          size: int = Query(ge=0)) -> p.UploadStatus:
+        _checked(check_sha256, sha256)
+        return await blob_store.write(_user(request).id, sha256, size, offset, request.stream())
+
+    @app.post(f"{API}/artifacts/claim", response_model=p.ClaimResponse)
+    def claim_artifact(request: Request, body: p.ArtifactClaim) -> p.ClaimResponse:
+        return write(service.claim_artifact, _user(request), body)
+
+    @app.get(f"{API}/artifacts/{{uuid}}", response_model=p.ArtifactDetail)
+    def get_artifact(request: Request, uuid: str) -> p.ArtifactDetail:
+        _checked(check_uuid, uuid)
+        return read(service.artifact_detail, _user(request), uuid)
+
+    return app
+
+
+__all__ = ["create_app", "PUBLIC_PATHS"]

@@ -1,0 +1,129 @@
+"""Users and API tokens.
+
+A token is ``rst_<id>_<secret>``: the id (public, 12 hex characters) finds the row, the sha256
+of the whole token is what is stored, and the comparison is ``hmac.compare_digest``. The
+plain token is shown once, by ``runstore user add``; it cannot be recovered from the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from runstore.server import db
+from runstore.server.paths import check_user
+
+TOKEN_RE = re.compile(r"rst_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
+
+
+class AuthError(Exception):
+    """No valid token (401)."""
+
+
+class UserExists(ValueError):
+    pass
+
+
+class NoSuchUser(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+
+    @property
+    def root(self) -> str:
+        return f"/{self.name}"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_user(database: db.Database, name: str) -> str:
+    """Create a user (and its first token); returns the token."""
+    check_user(name)
+    with database.write() as conn:
+        if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first():
+            raise UserExists(f"user {name!r} already exists. Try: runstore user token {name}")
+        user_id = conn.execute(
+            db.users.insert().values(name=name, created_at=time.time())).inserted_primary_key[0]
+        return _new_token(conn, user_id, name)
+
+
+def new_token(database: db.Database, name: str) -> str:
+    """An additional token for an existing user."""
+    with database.write() as conn:
+        row = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
+        if row is None:
+            raise NoSuchUser(f"no user {name!r}")
+        return _new_token(conn, row.id, name)
+
+
+def _new_token(conn, user_id: int, name: str) -> str:
+    token_id = secrets.token_hex(6)
+    token = f"rst_{token_id}_{secrets.token_urlsafe(32)}"
+    conn.execute(db.tokens.insert().values(
+        id=token_id, user_id=user_id, token_hash=_hash(token), created_at=time.time()))
+    # Also ensure the user's root folder exists, so /<user> is listable from the start.
+    from runstore.server.service import ensure_root_folder
+
+    ensure_root_folder(conn, user_id, name)
+    return token
+
+
+def list_users(database: db.Database) -> list[dict]:
+    """Users with their active and revoked token ids."""
+    out = []
+    with database.read() as conn:
+        for user in conn.execute(select(db.users).order_by(db.users.c.name)):
+            toks = conn.execute(select(db.tokens).where(db.tokens.c.user_id == user.id)
+                                .order_by(db.tokens.c.created_at)).all()
+            out.append({
+                "name": user.name,
+                "tokens": [{"id": t.id, "revoked": t.revoked_at is not None} for t in toks],
+            })
+    return out
+
+
+def revoke(database: db.Database, name: str, token_id: str | None = None) -> int:
+    """Revoke every token of a user, or one token by id; returns how many were revoked."""
+    with database.write() as conn:
+        user = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
+        if user is None:
+            raise NoSuchUser(f"no user {name!r}")
+        stmt = update(db.tokens).where(db.tokens.c.user_id == user.id,
+                                       db.tokens.c.revoked_at.is_(None))
+        if token_id is not None:
+            stmt = stmt.where(db.tokens.c.id == token_id)
+        return conn.execute(stmt.values(revoked_at=time.time())).rowcount
+
+
+def authenticate(database: db.Database, authorization: str | None) -> User:
+    """The user of a 'Bearer <token>' header, or AuthError."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthError("missing bearer token. Try: runstore login --host URL --token TOKEN")
+    token = authorization[7:].strip()
+    match = TOKEN_RE.fullmatch(token)
+    if match is None:
+        raise AuthError("invalid token")
+    with database.read() as conn:
+        row = conn.execute(
+            select(db.tokens.c.token_hash, db.tokens.c.revoked_at, db.users.c.id, db.users.c.name)
+            .join(db.users, db.users.c.id == db.tokens.c.user_id)
+            .where(db.tokens.c.id == match.group(1))).first()
+    # Compare even when the id is unknown, so timing does not tell ids apart.
+    stored = row.token_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(_hash(token), stored) or row is None:
+        raise AuthError("invalid token")
+    if row.revoked_at is not None:
+        raise AuthError("token revoked")
+    return User(row.id, row.name)

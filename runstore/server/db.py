@@ -1,0 +1,216 @@
+"""The server's database in SQLAlchemy Core: schema and engine.
+
+Only this module knows the dialect. The embedded default is SQLite in ``<data>/server.db``; a
+``postgresql+psycopg://`` URL works the same way because the handlers only use Core
+expressions, and every race that matters is decided by a unique constraint or a conditional
+UPDATE (``... WHERE metric_count = :expected``) rather than by SQLite's locking. On SQLite a
+process-wide lock additionally serialises write transactions (one writer anyway).
+
+JSON documents (labels, hparams, platform, git, remote history, lineage entries) are stored
+as TEXT so that both dialects hold the same bytes. A NULL metric value is NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, Engine
+
+metadata = MetaData()
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", String(32), primary_key=True),          # the public token id (prefix)
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False),    # sha256 hex of the whole token
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+folders = Table(
+    "folders", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("path", String(4096), nullable=False, unique=True),
+    Column("parent_id", Integer, ForeignKey("folders.id", ondelete="CASCADE")),
+    Column("created_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("uuid", String(64), nullable=False),
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),             # the node name in its folder
+    Column("run_name", String(128), nullable=False),         # the run's own (t9k) name
+    Column("alternative_name", String(128), nullable=False),
+    Column("labels", Text, nullable=False, default="[]"),
+    Column("description", Text, nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("start_timestamp", String(64), nullable=False),
+    Column("end_timestamp", String(64)),
+    Column("hparams", Text, nullable=False, default="{}"),
+    Column("platform", Text, nullable=False, default="{}"),
+    Column("git", Text, nullable=False, default="{}"),
+    Column("remote", Text, nullable=False, default="[]"),
+    Column("metric_count", Integer, nullable=False, default=0),
+    Column("complete", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("owner_id", "uuid", name="runs_owner_uuid"),
+    UniqueConstraint("folder_id", "name", name="runs_folder_name"),
+)
+
+metrics = Table(
+    "metrics", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("type", String(256), nullable=False),
+    Column("key", String(256), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("epoch", Integer),
+    Column("value", Float),
+    Column("timestamp", String(64), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("uuid", String(64), nullable=False),
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("artifact_name", String(128), nullable=False),
+    Column("alternative_name", String(128), nullable=False),
+    Column("labels", Text, nullable=False, default="[]"),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_timestamp", String(64), nullable=False),
+    Column("remote", Text, nullable=False, default="[]"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner_id", "uuid", name="artifacts_owner_uuid"),
+    UniqueConstraint("folder_id", "name", name="artifacts_folder_name"),
+)
+
+artifact_objects = Table(
+    "artifact_objects", metadata,
+    Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("sha256", String(64), ForeignKey("blobs.sha256")),
+    Column("size_bytes", Integer),
+    Column("uri", Text),
+)
+
+blobs = Table(
+    "blobs", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Who may reference (and read) a blob: only users who uploaded its bytes themselves, so the
+# "which blobs are missing" answer never tells one user what another one stored.
+blob_owners = Table(
+    "blob_owners", metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("sha256", String(64), ForeignKey("blobs.sha256"), primary_key=True),
+)
+
+lineage = Table(
+    "lineage", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("direction", String(8), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(64), nullable=False),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="SET NULL")),
+    Column("entry", Text, nullable=False),
+)
+
+Index("lineage_artifact", lineage.c.artifact_id)
+Index("runs_folder", runs.c.folder_id)
+Index("artifacts_folder", artifacts.c.folder_id)
+
+
+class Database:
+    """An engine plus the write discipline every handler uses."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # pysqlite's own transaction handling is off (isolation_level=None in
+            # _sqlite_pragmas); begin explicitly so reads see one snapshot.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> Database:
+        return cls(f"sqlite:///{data_dir / 'server.db'}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction (serialised on SQLite)."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA busy_timeout = 30000")
+    cur.close()
+
+
+def insert_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tuple]) -> None:
+    """Insert decoded rows as seq offset.. : the one way the server stores metric rows."""
+    conn.execute(
+        metrics.insert(),
+        [{"run_id": run_id, "seq": offset + i, "type": r[0], "key": r[1], "step": r[2],
+          "epoch": r[3], "value": r[4], "timestamp": r[5]} for i, r in enumerate(rows)],
+    )

@@ -1,0 +1,373 @@
+"""Start the REAL runstore server as a subprocess for tests, and a faulty TCP proxy in front.
+
+Stable API (other test suites import it)::
+
+    from tests.server_harness import ServerProcess, FaultProxy, free_port
+
+    with ServerProcess(tmp_path / "server") as server:    # starts; stops on exit
+        token = server.add_user("alice")                   # `runstore user add alice --data ...`
+        server.url                                         # 'http://127.0.0.1:<port>'
+        server.kill()                                      # SIGKILL, no cleanup
+        server.start()                                     # same port, same data dir
+        server.restart()                                   # terminate + start
+        server.revoke_user("alice")                        # `runstore user revoke alice`
+        server.stop()                                      # SIGTERM, then SIGKILL after 10 s
+        server.log_text()                                  # what the server printed
+
+    ServerProcess(data_dir, port=None, *, host="127.0.0.1", startup_timeout_s=30.0,
+                  extra_env=None)
+    .start() waits until GET /api/v1/health answers 200, with a deadline (never a blind sleep)
+    and fails with the server's log if the process exits or the deadline passes.
+
+    with FaultProxy(server.port) as proxy:                 # 127.0.0.1:<free port> -> server
+        proxy.url
+        proxy.lose_response(b"/metrics", times=1)          # forward the request whose first
+                                                           # bytes contain the pattern, then cut
+                                                           # the connection when the answer comes
+                                                           # (a lost acknowledgement)
+        proxy.cut_request(b"PATCH /api/v1/uploads", after_bytes=3_000_000, times=1)
+                                                           # forward only the first N bytes of
+                                                           # such a request, then reset
+        proxy.refuse_connections(True)                     # accept and immediately reset
+        proxy.faults_triggered                             # how many faults fired so far
+
+Pytest fixtures ``server`` (a started ServerProcess in tmp_path) and ``alice`` (its user
+token) live in tests/server/conftest.py and tests/remote/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "import sys; from runstore.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, extra_env: dict[str, str] | None = None,
+            timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    """Run `runstore ARGS...` in a subprocess; returns the completed process (text mode)."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=_env(extra_env),
+                          cwd=REPO_ROOT, timeout=timeout_s)
+
+
+class ServerProcess:
+    """A `runstore serve` subprocess on 127.0.0.1 with its own data directory."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, *,
+                 host: str = "127.0.0.1", startup_timeout_s: float = 30.0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = port or free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_env = extra_env
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> ServerProcess:
+        """Start (or start again on the same port and data dir) and wait for health."""
+        if self.running():
+            return self
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [*CLI, "serve", "--data", str(self.data_dir), "--host", self.host,
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(self.extra_env), cwd=REPO_ROOT,
+                start_new_session=True)
+        finally:
+            log.close()
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        delay = 0.02
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"runstore serve exited with {self.proc.returncode}:\n"
+                                   f"{self.log_text()[-4000:]}")
+            try:
+                r = httpx.get(f"{self.url}/api/v1/health", timeout=2.0)
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"runstore serve not healthy after {self.startup_timeout_s}s:"
+                                   f"\n{self.log_text()[-4000:]}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait, then SIGKILL if needed."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout_s)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to clean up."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--data", str(self.data_dir), extra_env=self.extra_env)
+
+    def add_user(self, name: str) -> str:
+        """`runstore user add NAME --data DIR`; returns the printed token."""
+        done = self.cli("user", "add", name)
+        if done.returncode != 0:
+            raise RuntimeError(f"user add {name} failed: {done.stderr.strip()}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def new_token(self, name: str) -> str:
+        done = self.cli("user", "token", name)
+        if done.returncode != 0:
+            raise RuntimeError(f"user token {name} failed: {done.stderr.strip()}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def revoke_user(self, name: str, token_id: str | None = None) -> None:
+        args = ["user", "revoke", name] + (["--token-id", token_id] if token_id else [])
+        done = self.cli(*args)
+        if done.returncode != 0:
+            raise RuntimeError(f"user revoke {name} failed: {done.stderr.strip()}")
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _Fault:
+    def __init__(self, kind: str, pattern: bytes, times: int, after_bytes: int = 0) -> None:
+        self.kind, self.pattern, self.times, self.after_bytes = kind, pattern, times, after_bytes
+
+
+class FaultProxy:
+    """A real TCP proxy on 127.0.0.1 that forwards to a target port and injects faults."""
+
+    def __init__(self, target_port: int, *, target_host: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port or 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._refuse = False
+        self._closed = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self.faults_triggered = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="faultproxy",
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def lose_response(self, pattern: bytes, times: int = 1) -> None:
+        with self._lock:
+            self._faults.append(_Fault("lose_response", pattern, times))
+
+    def cut_request(self, pattern: bytes, after_bytes: int, times: int = 1) -> None:
+        with self._lock:
+            self._faults.append(_Fault("cut_request", pattern, times, after_bytes))
+
+    def refuse_connections(self, refuse: bool = True) -> None:
+        self._refuse = refuse
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, data: bytes) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.times > 0 and fault.pattern in data:
+                    fault.times -= 1
+                    self.faults_triggered += 1
+                    return fault
+        return None
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._refuse:
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                _reset(client)
+                continue
+            upstream.settimeout(None)
+            conn = _Connection(self, client, upstream)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            conn.start()
+
+    def stop(self) -> None:
+        self._closed.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            socks = list(self._sockets)
+            self._sockets.clear()
+        for s in socks:
+            _close(s)
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a crashed peer or a middlebox would."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # SHUT_RD wakes the other pump thread blocked in recv() without sending a FIN.
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class _Connection:
+    """One proxied connection: two pump threads, faults decided per request start."""
+
+    def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket):
+        self.proxy, self.client, self.upstream = proxy, client, upstream
+        self.doomed_response = False
+        self.cut_after: int | None = None
+        self.dead = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._pump_up, daemon=True, name="faultproxy-up").start()
+        threading.Thread(target=self._pump_down, daemon=True, name="faultproxy-down").start()
+
+    def _kill(self) -> None:
+        if not self.dead.is_set():
+            self.dead.set()
+            _reset(self.client)
+            _reset(self.upstream)
+
+    def _pump_up(self) -> None:
+        sent_in_request = 0
+        try:
+            while not self.dead.is_set():
+                data = self.client.recv(65536)
+                if not data:
+                    break
+                if self.cut_after is None and not self.doomed_response:
+                    fault = self.proxy._take_fault(data)
+                    if fault is not None and fault.kind == "lose_response":
+                        self.doomed_response = True
+                    elif fault is not None:
+                        self.cut_after, sent_in_request = fault.after_bytes, 0
+                if self.cut_after is not None:
+                    room = self.cut_after - sent_in_request
+                    if len(data) >= room:
+                        if room > 0:
+                            self.upstream.sendall(data[:room])
+                        self._kill()
+                        return
+                    sent_in_request += len(data)
+                self.upstream.sendall(data)
+        except OSError:
+            pass
+        self._kill()
+
+    def _pump_down(self) -> None:
+        try:
+            while not self.dead.is_set():
+                data = self.upstream.recv(65536)
+                if not data:
+                    break
+                if self.doomed_response:
+                    self._kill()
+                    return
+                self.client.sendall(data)
+        except OSError:
+            pass
+        self._kill()
