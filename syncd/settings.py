@@ -116,10 +116,6 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     """Resolve settings: config.toml, then environment variables, then non-None ``flags``."""
     env = os.environ if environ is None else environ
     directory = directory or config_dir()
-    try:
-        cfg = load_config(directory)
-    except ConfigError as exc:
-        raise SettingsError(str(exc)) from exc
     path = directory / "config.toml"
     try:
         with path.open("rb") as fh:
@@ -134,6 +130,12 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     if unknown:
         raise SettingsError(f"{path}: unknown [syncd] keys {unknown}; "
                             f"known: {', '.join(_SYNCD_KEYS)}")
+    syncd_values = {key: _parse(key, kind, table[key], str(path))
+                    for key, kind in _SYNCD_KEYS.items() if key in table}  # names the bad key
+    try:
+        cfg = load_config(directory)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from exc
     home = Path(env["RUNSTORE_HOME"]).expanduser() if env.get("RUNSTORE_HOME") \
         else default_home()
     values: dict[str, Any] = {
@@ -142,9 +144,7 @@ def load_settings(flags: Mapping[str, Any] | None = None,
         "conflict_strategy": cfg.conflict_strategy, "concurrency": cfg.syncd_concurrency,
         "only_auto_upload": cfg.syncd_only_auto_upload,
     }
-    for key, kind in _SYNCD_KEYS.items():
-        if key in table:
-            values[key] = _parse(key, kind, table[key], str(path))
+    values.update(syncd_values)
     for key, kind in _SYNCD_KEYS.items():
         name = ENV_PREFIX + key.upper()
         if env.get(name):
