@@ -157,10 +157,10 @@ class _Sandbox:
             return self._refuse(
                 f"{what} {arg1!r} is not allowed in runstore sql: it reads the local store "
                 "only; Try: open other databases with sqlite3 or datasette")
-        if arg1 and arg1.startswith("sqlite_"):
+        if action in (9, 18, 23) and arg1 and arg1.startswith("sqlite_"):
             # DROP, CREATE, ALTER and ANALYZE are first authorized as writes of these tables.
             what = "changing the schema (CREATE, DROP, ALTER, ANALYZE)"
-        elif arg1:
+        elif arg1 and not arg1.startswith("sqlite_"):
             what = f"{what} on {arg1}"
         return self._refuse(
             f"{what} is not allowed: runstore sql is read-only; Try: one SELECT "
