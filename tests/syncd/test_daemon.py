@@ -1,0 +1,191 @@
+"""The REAL daemon (`python -m syncd.cli run`) against the REAL server (`runstore serve`)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.syncd.helpers import (
+    REPO_ROOT,
+    all_synced,
+    assert_exactly_once,
+    local_runs,
+    make_runs,
+    run_python,
+    server_runs,
+    wait_for,
+)
+
+
+def test_finished_and_crashed_runs_reach_the_server(server, token, daemons, home) -> None:
+    daemon = daemons(server.url, token).start()
+    uuids = set(make_runs(home, 3, rows=50, folder="proj/sub", make_folder=True))
+    # A training process SIGKILLed mid-run: the daemon's reaper marks it Error, it still syncs.
+    proc = run_python("""
+        import runstore as em, sys
+        run = em.create_run(name='crashy')
+        for step in range(30):
+            run.log('train', {'loss': step}, step=step)
+        run.flush()
+        print(run.uuid, flush=True)
+        sys.stdin.read()
+    """, home, background=True)
+    crashed = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    uuids.add(crashed)
+    wait_for(lambda: all_synced(home, uuids), 30, "all runs synced")
+    assert local_runs(home)[crashed]["status"] == "Error"
+    assert_exactly_once(home, server.data_dir, uuids)
+    assert server_runs(server.data_dir)[crashed][0]["rows"] == 30
+    assert daemon.alive()
+    # READY came with queue figures in STATUS, and the figures follow the queue.
+    assert "STATUS=pending" in daemon.wait_message("READY=1")
+    daemon.wait_message("STATUS=pending 0, uploading 0, synced 4")
+
+
+def test_second_daemon_on_the_same_store_exits_with_a_clear_message(
+        server, token, daemons, home, config_dir) -> None:
+    first = daemons(server.url, token).start()
+    env = dict(first.env)
+    env.pop("NOTIFY_SOCKET")
+    second = subprocess.run([sys.executable, "-m", "syncd.cli", "run"], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"another syncd (pid {first.pid}) is already running" in second.stderr
+    once = subprocess.run([sys.executable, "-m", "syncd.cli", "once"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert once.returncode == 1 and "already running" in once.stderr
+    assert first.alive()
+
+
+def test_sigterm_stops_within_5s_mid_upload_and_nothing_is_lost(server, token, daemons,
+                                                                home) -> None:
+    uuids = set(make_runs(home, 2, rows=60_000))
+    daemon = daemons(server.url, token, concurrency=2).start()
+    # Wait until an upload is under way (rows arriving on the server), then stop.
+    wait_for(lambda: any(c[0]["rows"] > 0 for c in server_runs(server.data_dir).values()),
+             30, "an upload in progress", interval_s=0.01)
+    took = daemon.terminate()
+    assert took < 5.0, took
+    assert daemon.proc.returncode == 0
+    assert "stopping" in daemon.log()
+    states = {local_runs(home)[u]["state"] for u in uuids}
+    assert states <= {"uploading", "synced", "pending"}
+    daemons(server.url, token).start()
+    wait_for(lambda: all_synced(home, uuids), 60, "all runs synced after restart")
+    assert_exactly_once(home, server.data_dir, uuids)
+
+
+def test_a_running_run_is_never_uploaded_as_complete(server, token, daemons, home,
+                                                     tmp_path: Path) -> None:
+    go = tmp_path / "finish-now"
+    daemon = daemons(server.url, token, live_interval_s=0.2).start()
+    proc = run_python(f"""
+        import os, time, runstore as em
+        live = em.create_run(name='live', auto_upload=True)
+        quiet = em.create_run(name='quiet')
+        print(live.uuid, quiet.uuid, flush=True)
+        step = 0
+        while not os.path.exists({str(go)!r}):
+            live.log('train', {{'loss': step}}, step=step)
+            quiet.log('train', {{'loss': step}}, step=step)
+            step += 1
+            time.sleep(0.01)
+        live.finish()
+        quiet.finish()
+    """, home, background=True)
+    live, quiet = proc.stdout.readline().split()
+    # The auto_upload run's rows go up while it is live, but never as complete.
+    wait_for(lambda: server_runs(server.data_dir).get(live, [{}])[0].get("rows", 0) > 20, 30,
+             "live rows on the server")
+    snapshot = server_runs(server.data_dir)
+    assert [c["complete"] for c in snapshot[live]] == [False]
+    assert quiet not in snapshot  # not auto_upload: only once it has finished
+    assert local_runs(home)[live]["state"] is None
+    go.touch()
+    assert proc.wait(60) == 0
+    proc.stdout.close()
+    proc.stderr.close()
+    wait_for(lambda: all_synced(home, {live, quiet}), 30, "both synced after finish")
+    assert_exactly_once(home, server.data_dir, {live, quiet})
+    assert daemon.alive()
+
+
+def test_only_auto_upload_setting(server, token, daemons, home) -> None:
+    daemons(server.url, token, only_auto_upload="true").start()
+    plain = set(make_runs(home, 2, prefix="plain"))
+    auto = set(make_runs(home, 2, prefix="auto", auto_upload=True))
+    wait_for(lambda: all_synced(home, auto), 30, "auto_upload runs synced")
+    remote = server_runs(server.data_dir)
+    assert set(remote) == auto
+    assert {local_runs(home)[u]["state"] for u in plain} == {"pending"}
+
+
+def test_a_4xx_fails_one_run_with_the_message_and_the_rest_sync(server, token, daemons,
+                                                                home) -> None:
+    bad = make_runs(home, 1, prefix="bad", folder="missing/folder", make_folder=False)[0]
+    good = set(make_runs(home, 3, prefix="good"))
+    daemon = daemons(server.url, token).start()
+    wait_for(lambda: all_synced(home, good), 30, "the good runs synced")
+    wait_for(lambda: local_runs(home)[bad]["state"] == "failed", 30, "the bad run failed")
+    error = local_runs(home)[bad]["error"]
+    assert "missing/folder" in error and "HTTP 4" in error, error
+    assert bad not in server_runs(server.data_dir)
+    assert "run bad0-" in daemon.log() and "refused by the server" in daemon.log()
+    status = subprocess.run([sys.executable, "-m", "syncd.cli", "status", "--json"],
+                            env=daemon.env, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    report = json.loads(status.stdout)
+    assert report["daemon"] == {"running": True, "pid": daemon.pid}
+    assert report["counts"]["failed"] == 1 and report["counts"]["synced"] == 3
+    assert [r["last_error"] for r in report["runs"] if r["uuid"] == bad] == [error]
+
+
+def test_server_down_then_up_everything_arrives(server, token, daemons, home) -> None:
+    server.stop()
+    daemon = daemons(server.url, token, max_backoff_s=2).start()
+    uuids = set(make_runs(home, 4))
+    wait_for(lambda: "unavailable" in daemon.log(), 30, "the daemon noticing the outage")
+    # While the server is away: a few probes, one log line, the runs wait.
+    probe_deadline = time.monotonic() + 3
+    wait_for(lambda: time.monotonic() > probe_deadline, 5, "some probes")
+    assert daemon.log().count("unavailable") == 1
+    assert not all_synced(home, uuids)
+    server.start()
+    wait_for(lambda: all_synced(home, uuids), 30, "everything synced after the server came up")
+    assert_exactly_once(home, server.data_dir, uuids)
+    log = daemon.log()
+    assert log.count("unavailable") == 1 and log.count("reachable again") == 1, log
+
+
+def test_syncd_once_exit_codes(server, token, home, config_dir) -> None:
+    env = {"RUNSTORE_HOME": str(home), "RUNSTORE_CONFIG_DIR": str(config_dir),
+           "RUNSTORE_SERVER": server.url, "RUNSTORE_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}
+
+    def once() -> subprocess.CompletedProcess:
+        import os
+
+        return subprocess.run([sys.executable, "-m", "syncd.cli", "once"],
+                              env={**os.environ, **env}, cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=60)
+
+    good = set(make_runs(home, 2))
+    result = once()
+    assert (result.returncode, result.stdout.splitlines()[0]) == \
+        (0, "synced 2, failed 0, retrying 0"), result.stderr
+    bad = make_runs(home, 1, prefix="bad", folder="nope/x")[0]
+    result = once()
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == "synced 0, failed 1, retrying 0"
+    assert f"failed {bad}: " in result.stdout
+    remote = server_runs(server.data_dir)
+    assert set(remote) == good
+    assert all(len(remote[u]) == 1 and remote[u][0]["complete"] for u in good)
+    assert local_runs(home)[bad]["state"] == "failed"
