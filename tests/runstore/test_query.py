@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -261,6 +262,25 @@ def test_a_missing_database_is_reported_not_created(tmp_path: Path):
     with pytest.raises(SQLError, match="no runstore database at .*RUNSTORE_HOME"):
         run_query(missing, "SELECT 1")
     assert not missing.parent.exists()
+
+
+def test_the_example_queries_of_docs_sql_md_run_and_find_rows(store, runs, tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("x,y\n")
+    art = em.create_artifact("mnist_data")
+    art.add_file(str(data))
+    reader = em.create_run(name="eval", labels=["sweep"])
+    reader.mark_input(art)
+    reader.log("eval", {"accuracy": 0.5}, step=1)
+    text = (Path(__file__).parents[2] / "docs" / "SQL.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert len(queries) >= 6
+    for sql in queries:
+        result = run_query(store, sql)
+        assert result.rows, sql
+    best = run_query(store, queries[0]).rows
+    assert best == [(runs[1].alternative_name, 1e-4, 0.91)]
+    reader.finish()
 
 
 def test_json_value():
