@@ -200,16 +200,21 @@ def sandboxed_connection(store: Store | str | os.PathLike[str], *,
         if hasattr(conn, "enable_load_extension"):
             conn.enable_load_extension(False)
         conn.execute("PRAGMA query_only = 1")
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, min(MAX_SQL_BYTES, max_value_bytes))
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_LIKE_PATTERN_BYTES)
+        _set_limits(conn, ATTACHED=0, LENGTH=max_value_bytes,
+                    SQL_LENGTH=min(MAX_SQL_BYTES, max_value_bytes),
+                    LIKE_PATTERN_LENGTH=MAX_LIKE_PATTERN_BYTES)
         sandbox = _Sandbox(time_limit_s)
         helper = _guard_printf(conn, sandbox, max_value_bytes)
         stack.callback(helper.close)
         conn.set_authorizer(sandbox.authorize)
         conn.set_progress_handler(sandbox.progress, PROGRESS_INSTRUCTIONS)
         yield conn, sandbox
+
+
+def _set_limits(conn: sqlite3.Connection, **limits: int) -> None:
+    """conn.setlimit(SQLITE_LIMIT_<NAME>, value) for each (Python 3.11+)."""
+    for name, value in limits.items():
+        conn.setlimit(getattr(sqlite3, f"SQLITE_LIMIT_{name}"), value)  # type: ignore[attr-defined]
 
 
 # A printf() conversion spec up to its conversion letter; SQLite takes flags, width ('*' reads
@@ -245,7 +250,7 @@ def _guard_printf(conn: sqlite3.Connection, sandbox: _Sandbox,
     only produce a value that is too big, so they are refused up front.
     """
     helper = sqlite3.connect(":memory:")
-    helper.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+    _set_limits(helper, LENGTH=max_value_bytes)
 
     def printf(*all_args: Any) -> Any:
         if not all_args:

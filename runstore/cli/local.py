@@ -109,8 +109,8 @@ def _csv_text(value: Any) -> Any:
               help="Also show the alternative name, labels and sync state.")
 @click.option("--remote", "remote_folder", is_flag=False, flag_value="", default=None,
               metavar="[FOLDER]",
-              help="List the runs in a folder on the server instead (default: the configured "
-                   "folder).")
+              help="List the runs in a folder on the server instead (no FOLDER: all your "
+                   "runs there).")
 @_user_errors
 def ls_command(as_json: bool, status: str | None, labels: tuple[str, ...],
                name_pattern: str | None, detail: bool, remote_folder: str | None) -> None:

@@ -153,7 +153,7 @@ def test_ls_remote_lists_a_server_folder(monkeypatch):
         "/alice/exp/mnist",
     ]
     assert calls == [("exp", None)]
-    result = invoke("ls", "--remote", "--json")  # no folder: the configured one
+    result = invoke("ls", "--remote", "--json")  # no folder: all the user's runs
     assert result.exit_code == 0, result.output
     assert [r["uuid"] for r in json.loads(result.stdout)] == ["u1", "u2"]
     assert calls[-1] == (None, None)
