@@ -1,0 +1,332 @@
+"""Uploading one run or artifact: the idempotent steps of the sync protocol.
+
+ensure folder -> claim -> blobs + artifacts -> metric chunks from the server's count ->
+lineage -> finalize -> (locally, in one transaction) mark synced + a remote history record.
+Every step can be repeated: a retry after a lost answer, a killed client or a killed server
+never makes a second copy, and resumes where the server stands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runstore.config import check_conflict_strategy
+from runstore.errors import PermanentRemoteError, RunstoreError
+from runstore.remote.client import Client
+from runstore.store import Store
+from runstore.timeutil import now_iso
+
+METRIC_CHUNK_ROWS = 20_000          # == protocol.METRIC_CHUNK_ROWS
+BLOB_PART_BYTES = 8 * 1024 * 1024   # == protocol.BLOB_PART_BYTES
+_READ_BYTES = 1 << 20
+
+Progress = Callable[[int, int], None]
+
+
+class FolderNotFoundError(PermanentRemoteError, ValueError):
+    """The folder does not exist and make_folder is false (t9k raises ValueError)."""
+
+
+class LocalDataError(RunstoreError):
+    """The local store lacks something the upload needs (a run, an artifact or a blob)."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    run_uuid: str            # the uploaded entity's UUID (a run's, or an artifact's)
+    outcome: str             # 'created' | 'resumed' | 'skipped' | 'renamed' | 'replaced'
+    remote_path: str
+    metrics_sent: int
+    blobs_sent: int
+    bytes_sent: int
+    complete: bool
+    kind: str = "Run"
+
+
+class _Tally:
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.total = 0
+        self.done = 0
+        self.metrics_sent = 0
+        self.blobs_sent = 0
+        self.bytes_sent = 0
+
+    def add_total(self, n: int) -> None:
+        self.total += n
+        self._report()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+
+
+# -- folders ---------------------------------------------------------------------------------
+def ensure_folder(client: Client, folder: str, make_folder: bool) -> str:
+    """Create the remote folder if allowed; returns its absolute path."""
+    path = client.folder_path(folder)
+    try:
+        client.request("POST", "/folders", json={"path": path, "make_parents": make_folder})
+    except PermanentRemoteError as exc:
+        if exc.status_code == 404:
+            raise FolderNotFoundError(f"Folder does not exist: {path}. Try: make_folder=True "
+                                      "(runstore upload -m)", 404) from exc
+        raise
+    return path
+
+
+# -- blobs -----------------------------------------------------------------------------------
+def _file_parts(path: str, start: int, end: int):
+    def produce():
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = end - start
+            while left > 0:
+                block = fh.read(min(_READ_BYTES, left))
+                if not block:
+                    raise LocalDataError(f"blob file {path} shrank while uploading")
+                left -= len(block)
+                yield block
+    return produce
+
+
+def push_blob(client: Client, store: Store, sha: str, size: int, tally: _Tally) -> bool:
+    """Upload one blob, resuming at the server's offset; True if bytes were sent."""
+    path = str(store.blob_path(sha))
+    if not os.path.exists(path):
+        raise LocalDataError(f"blob {sha} is missing from the local store {store.home}")
+    status = client.request("POST", "/uploads", json={"sha256": sha, "size_bytes": size})
+    sent_any = False
+    resyncs = 0
+    base = status["offset"]
+    tally.advance(base)
+    while not status["complete"]:
+        offset = status["offset"]
+        end = min(size, offset + BLOB_PART_BYTES)
+        try:
+            status = client.request(
+                "PATCH", f"/uploads/{sha}", params={"offset": offset, "size": size},
+                content=_file_parts(path, offset, end),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(end - offset)})
+        except PermanentRemoteError as exc:
+            # 409: the server is at another offset (our earlier answer got lost, or the server
+            # restarted mid-part): ask where it stands and go on from there.
+            if exc.status_code != 409 or resyncs >= 5:
+                raise
+            resyncs += 1
+            status = client.request("POST", "/uploads", json={"sha256": sha, "size_bytes": size})
+            continue
+        sent_any = True
+        tally.bytes_sent += end - offset
+        tally.advance(status["offset"] - offset)
+    return sent_any
+
+
+def _artifact_row(store: Store, artifact_uuid: str):
+    rows = store.read("SELECT * FROM artifacts WHERE uuid = ?", (artifact_uuid,))
+    if not rows:
+        raise LocalDataError(f"no artifact {artifact_uuid} in the local store {store.home}")
+    return rows[0]
+
+
+def _history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
+    return [{"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
+             "path": r["path"], "id": r["remote_id"]}
+            for r in store.read("SELECT * FROM remote_history WHERE entity = ? AND "
+                                "entity_uuid = ? ORDER BY id", (entity, entity_uuid))]
+
+
+def push_artifact(client: Client, store: Store, artifact_uuid: str, folder_path: str,
+                  strategy: str, tally: _Tally) -> dict[str, Any]:
+    """Blobs the server lacks, then the artifact claim (metadata + objects)."""
+    art = _artifact_row(store, artifact_uuid)
+    objects = [dict(r) for r in store.read(
+        "SELECT path, kind, sha256, size_bytes, uri FROM artifact_objects WHERE artifact_id = ? "
+        "ORDER BY path", (art["id"],))]
+    sizes = {o["sha256"]: o["size_bytes"] for o in objects if o["kind"] == "file"}
+    if sizes:
+        missing = client.request("POST", "/blobs/missing", json={"sha256": sorted(sizes)})
+        missing = missing["missing"]
+        tally.add_total(sum(sizes[s] for s in missing))
+        for sha in missing:
+            if push_blob(client, store, sha, sizes[sha], tally):
+                tally.blobs_sent += 1
+    record = {"action": "upload", "timestamp": now_iso(), "host": client.host,
+              "path": f"{folder_path}/{art['name']}", "id": art["uuid"]}
+    return client.request("POST", "/artifacts/claim", json={
+        "uuid": art["uuid"], "name": art["name"], "alternative_name": art["alternative_name"],
+        "folder": folder_path, "conflict_strategy": strategy,
+        "metadata": {"labels": json.loads(art["labels"]), "description": art["description"],
+                     "created_timestamp": art["created_timestamp"],
+                     "remote": _history(store, "artifact", art["uuid"]) + [record]},
+        "objects": objects})
+
+
+# -- runs ------------------------------------------------------------------------------------
+def _run_row(store: Store, run_uuid: str):
+    rows = store.read("SELECT * FROM runs WHERE uuid = ?", (run_uuid,))
+    if not rows:
+        raise LocalDataError(f"no run {run_uuid} in the local store {store.home}")
+    return rows[0]
+
+
+def _run_metadata(store: Store, run, record: dict[str, Any] | None) -> dict[str, Any]:
+    history = _history(store, "run", run["uuid"]) + ([record] if record else [])
+    return {"labels": json.loads(run["labels"]), "description": run["description"],
+            "status": run["status"], "start_timestamp": run["start_timestamp"],
+            "end_timestamp": run["end_timestamp"], "hparams": json.loads(run["hparams"]),
+            "platform": json.loads(run["platform"]), "git": json.loads(run["git"]),
+            "remote": history}
+
+
+_NONFINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def _metric_body(offset: int, rows: list[tuple]) -> bytes:
+    wire = []
+    append = wire.append
+    for r in rows:
+        v = r[4]
+        if v is None:
+            append([r[0], r[1], r[2], r[3], "NaN", r[5]])
+        elif v in _NONFINITE:
+            append([r[0], r[1], r[2], r[3], _NONFINITE[v], r[5]])
+        else:
+            append(list(r))
+    return json.dumps({"offset": offset, "rows": wire}, separators=(",", ":"),
+                      allow_nan=False).encode()
+
+
+def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, end: int,
+                 tally: _Tally) -> int:
+    """Rows start..end-1 in chunks; returns the server's count after the last chunk."""
+    conn = store.connection()
+    server_count = start
+    gaps = 0
+    while server_count < end:
+        rows = conn.execute(
+            "SELECT type, key, step, epoch, value, timestamp FROM metrics "
+            "WHERE run_id = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+            (run["id"], server_count, end, METRIC_CHUNK_ROWS)).fetchall()
+        if not rows:
+            raise LocalDataError(f"run {run_uuid}: metric rows from seq {server_count} are "
+                                 "missing locally")
+        body = _metric_body(server_count, rows)
+        del rows
+        try:
+            ack = client.request("PUT", f"/runs/{run_uuid}/metrics", content=lambda b=body: b,
+                                 headers={"Content-Type": "application/json"})
+        except PermanentRemoteError as exc:
+            if exc.status_code != 409 or gaps >= 3:
+                raise
+            gaps += 1  # the server holds fewer rows than we thought: ask it and go on
+            server_count = client.request("GET", f"/runs/{run_uuid}")["metric_count"]
+            continue
+        tally.metrics_sent += ack["inserted"]
+        tally.advance(ack["metric_count"] - server_count)
+        server_count = ack["metric_count"]
+    return server_count
+
+
+def _lineage(store: Store, run) -> dict[str, list]:
+    out: dict[str, list] = {"input": [], "output": []}
+    for r in store.read(
+            "SELECT a.direction, a.kind, a.entry, ar.uuid AS artifact_uuid FROM associations a "
+            "LEFT JOIN artifacts ar ON ar.id = a.artifact_id WHERE a.run_id = ? "
+            "ORDER BY a.direction, a.position", (run["id"],)):
+        out[r["direction"]].append({"kind": r["kind"], "artifact_uuid": r["artifact_uuid"],
+                                    "entry": json.loads(r["entry"])})
+    return out
+
+
+def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | None = None,
+               make_folder: bool | None = None, conflict_strategy: str | None = None,
+               progress: Progress | None = None) -> UploadResult:
+    """Upload one run (metadata, metrics, its artifacts, lineage); safe to repeat."""
+    run = _run_row(store, run_uuid)
+    strategy = check_conflict_strategy(conflict_strategy or run["conflict_strategy"])
+    folder = run["folder"] if folder is None else folder
+    make_folder = bool(run["make_folder"]) if make_folder is None else make_folder
+    finished = run["status"] in ("Complete", "Error")
+    # Rows that exist now; a Running run may log more, they go up next time.
+    local_count = store.read("SELECT COALESCE(MAX(seq) + 1, 0) FROM metrics WHERE run_id = ?",
+                             (run["id"],))[0][0]
+    tally = _Tally(progress)
+
+    folder_path = ensure_folder(client, folder, make_folder)
+    record = {"action": "upload", "timestamp": now_iso(), "host": client.host,
+              "path": f"{folder_path}/{run['name']}", "id": run_uuid}
+    claim = client.request("POST", "/runs/claim", json={
+        "uuid": run_uuid, "name": run["name"], "alternative_name": run["alternative_name"],
+        "folder": folder_path, "conflict_strategy": strategy,
+        "metadata": _run_metadata(store, run, record)})
+    if claim["outcome"] == "skipped":
+        if finished:
+            _mark_done(store, run_uuid, claim["remote_path"], 0, client, history=False)
+        return UploadResult(run_uuid, "skipped", claim["remote_path"], 0, 0, 0, finished)
+
+    tally.add_total(max(0, local_count - claim["metric_count"]))
+    lineage = _lineage(store, run)
+    artifact_uuids = {e["artifact_uuid"] for d in lineage.values() for e in d
+                      if e["artifact_uuid"]}
+    for art_uuid in sorted(artifact_uuids):
+        # A run's artifacts go into its folder; a name clash never blocks the run ('new').
+        push_artifact(client, store, art_uuid, folder_path, "new", tally)
+
+    acked = push_metrics(client, store, run, run_uuid, claim["metric_count"], local_count,
+                         tally)
+    client.request("PUT", f"/runs/{run_uuid}/lineage", json=lineage)
+    # Re-read: the run may have finished while we uploaded; only what was sent is final.
+    run = _run_row(store, run_uuid)
+    metadata = _run_metadata(store, run, record)
+    if run["status"] != "Running" and not finished:
+        metadata["status"], metadata["end_timestamp"] = "Running", None
+    done = client.request("POST", f"/runs/{run_uuid}/finalize",
+                          json={"metric_count": acked, "metadata": metadata})
+    if finished:
+        _mark_done(store, run_uuid, done["remote_path"], acked, client, history=True)
+    return UploadResult(run_uuid, claim["outcome"], done["remote_path"], tally.metrics_sent,
+                        tally.blobs_sent, tally.bytes_sent, bool(done["complete"]))
+
+
+def _mark_done(store: Store, run_uuid: str, remote_path: str, acked: int, client: Client,
+               *, history: bool) -> None:
+    from runstore import syncstate
+
+    with store.write() as conn:
+        syncstate.mark_synced(conn, run_uuid, remote_path, acked)
+        if history:
+            conn.execute(
+                "INSERT INTO remote_history (entity, entity_uuid, action, timestamp, host, path,"
+                " remote_id) VALUES ('run', ?, 'upload', ?, ?, ?, ?)",
+                (run_uuid, now_iso(), client.host, remote_path, run_uuid))
+
+
+def upload_artifact(store: Store, artifact_uuid: str, client: Client, *,
+                    folder: str | None = None, make_folder: bool | None = None,
+                    conflict_strategy: str | None = None,
+                    progress: Progress | None = None) -> UploadResult:
+    """Upload one artifact (missing blobs, then metadata + objects); safe to repeat."""
+    strategy = check_conflict_strategy(conflict_strategy or "new")
+    _artifact_row(store, artifact_uuid)
+    tally = _Tally(progress)
+    folder_path = ensure_folder(client, "default" if folder is None else folder,
+                                bool(make_folder))
+    claim = push_artifact(client, store, artifact_uuid, folder_path, strategy, tally)
+    if claim["outcome"] != "skipped":
+        with store.write() as conn:
+            conn.execute(
+                "INSERT INTO remote_history (entity, entity_uuid, action, timestamp, host, path,"
+                " remote_id) VALUES ('artifact', ?, 'upload', ?, ?, ?, ?)",
+                (artifact_uuid, now_iso(), client.host, claim["remote_path"], artifact_uuid))
+    return UploadResult(artifact_uuid, claim["outcome"], claim["remote_path"], 0,
+                        tally.blobs_sent, tally.bytes_sent, True, kind="Artifact")
