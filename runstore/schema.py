@@ -9,6 +9,14 @@ from __future__ import annotations
 # Unix time with sub-second precision, without unixepoch('subsec') (SQLite >= 3.42).
 NOW_UNIX = "((julianday('now') - 2440587.5) * 86400.0)"
 
+# t9k's type synonyms -> train / val / test; custom types stay as given.
+TYPE_NORMALIZED = """CASE lower(m.type)
+           WHEN 'train' THEN 'train' WHEN 'training' THEN 'train'
+           WHEN 'val' THEN 'val' WHEN 'validate' THEN 'val' WHEN 'validation' THEN 'val'
+           WHEN 'test' THEN 'test' WHEN 'testing' THEN 'test' WHEN 'eval' THEN 'test'
+           WHEN 'evaluate' THEN 'test' WHEN 'evaluation' THEN 'test'
+           ELSE m.type END"""
+
 MIGRATION_1 = f"""
 CREATE TABLE runs (
     id                INTEGER PRIMARY KEY,
@@ -137,12 +145,7 @@ WHERE j.type NOT IN ('object', 'array') AND j.fullkey != '$';
 
 CREATE VIEW metric_values AS
 SELECT m.run_id, r.name AS run_name, r.alternative_name, m.seq, m.type,
-       CASE lower(m.type)
-           WHEN 'train' THEN 'train' WHEN 'training' THEN 'train'
-           WHEN 'val' THEN 'val' WHEN 'validate' THEN 'val' WHEN 'validation' THEN 'val'
-           WHEN 'test' THEN 'test' WHEN 'testing' THEN 'test' WHEN 'eval' THEN 'test'
-           WHEN 'evaluate' THEN 'test' WHEN 'evaluation' THEN 'test'
-           ELSE m.type END AS type_normalized,
+       {TYPE_NORMALIZED} AS type_normalized,
        m.key, m.step, m.epoch, m.value, (m.value IS NULL) AS is_nan, m.timestamp
 FROM metrics m JOIN runs r ON r.id = m.run_id;
 
@@ -152,7 +155,8 @@ JOIN (SELECT run_id, type, key, MAX(seq) AS seq FROM metrics GROUP BY run_id, ty
   ON l.run_id = v.run_id AND l.seq = v.seq;
 
 CREATE VIEW metric_summary AS
-SELECT m.run_id, r.name AS run_name, r.alternative_name, m.type, m.key,
+SELECT m.run_id, r.name AS run_name, r.alternative_name, m.type,
+       {TYPE_NORMALIZED} AS type_normalized, m.key,
        COUNT(*) AS n, MIN(m.value) AS min_value, MAX(m.value) AS max_value,
        SUM(m.value IS NULL) AS nan_count, MAX(m.step) AS last_step
 FROM metrics m JOIN runs r ON r.id = m.run_id
