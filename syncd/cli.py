@@ -4,9 +4,11 @@ daemon, its settings and its service file live in the other modules."""
 from __future__ import annotations
 
 import datetime as _dt
+import faulthandler
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +92,8 @@ def run_cmd(**flags: Any) -> None:
     settings = _load(flags)
     logs.setup(settings.log_level)
     daemon.check_logged_in(settings)
+    # `kill -USR1 <pid>` prints every thread's stack to the journal: a hung upload is visible.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with lock.acquire(settings.home):
         code = daemon.run_forever(settings)
     sys.exit(code)

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runstore import syncstate
-from runstore.errors import NotLoggedInError, PermanentRemoteError, TransientRemoteError
+from runstore.errors import (
+    NotLoggedInError,
+    PermanentRemoteError,
+    RemoteError,
+    RunstoreError,
+    TransientRemoteError,
+)
 from runstore.store import Store, reap_dead_runs
 from syncd.notify import Notifier
 from syncd.schedule import Backoff, ServerHealth
@@ -169,7 +175,7 @@ class Syncer:
             self._submit(entry.run_uuid, self._sync_run, entry)
             started += 1
         free -= started
-        if free > 0 and self.health.state == "up" and self.settings.live_interval_s > 0:
+        if free > 0 and self.health.state != "down" and self.settings.live_interval_s > 0:
             started += self._dispatch_live(now, busy, free)
         return started
 
@@ -262,14 +268,34 @@ class Syncer:
             self._on_transient(entry, exc)
             return
         except PermanentRemoteError as exc:
-            code = f" (HTTP {exc.status_code})" if exc.status_code else ""
+            code = (f" (HTTP {exc.status_code})"
+                    if exc.status_code and f"HTTP {exc.status_code}" not in str(exc) else "")
             message = f"{exc}{code}"
             syncstate.mark_failed(self.store, uuid, message)
-            log.error("run %s: upload refused by the server%s: %s. Try: fix the cause, then "
-                      "`syncd retry %s`", name, code, exc, name)
+            log.error("run %s: upload refused by the server%s: %s (once fixed: "
+                      "`syncd retry %s`)", name, code, exc, name)
             with self._lock:
                 self._results.failed.append((uuid, message))
             self._server_answered()
+            return
+        except RemoteError as exc:  # e.g. not logged in: nothing the run can fix by itself
+            self._on_transient(entry, TransientRemoteError(str(exc)))
+            return
+        except RunstoreError as exc:
+            # The local store lacks something the upload needs: retrying cannot fix it.
+            syncstate.mark_failed(self.store, uuid, str(exc))
+            log.error("run %s: cannot be uploaded: %s. Try: `syncd retry %s` once fixed",
+                      name, exc, name)
+            with self._lock:
+                self._results.failed.append((uuid, str(exc)))
+            return
+        except Exception as exc:
+            # A bug, not the run's fault: back off on the run's own schedule, never spin.
+            log.exception("run %s: unexpected error while uploading", name)
+            syncstate.mark_retry(self.store, uuid, f"{type(exc).__name__}: {exc}",
+                                 self.clock() + self.backoff.delay(entry.attempts + 1))
+            with self._lock:
+                self._results.retrying.append((uuid, str(exc)))
             return
         self._server_answered()
         if getattr(result, "complete", True):

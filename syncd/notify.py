@@ -49,6 +49,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never block the daemon on a manager that is not reading: drop the message.
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(fields).encode(), address)
             return True
         except OSError:

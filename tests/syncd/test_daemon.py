@@ -138,7 +138,7 @@ def test_a_4xx_fails_one_run_with_the_message_and_the_rest_sync(server, token, d
     error = local_runs(home)[bad]["error"]
     assert "missing/folder" in error and "HTTP 4" in error, error
     assert bad not in server_runs(server.data_dir)
-    assert "run bad0-" in daemon.log() and "refused by the server" in daemon.log()
+    assert "run bad0_" in daemon.log() and "refused by the server" in daemon.log()
     status = subprocess.run([sys.executable, "-m", "syncd.cli", "status", "--json"],
                             env=daemon.env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)
@@ -150,7 +150,7 @@ def test_a_4xx_fails_one_run_with_the_message_and_the_rest_sync(server, token, d
 
 def test_server_down_then_up_everything_arrives(server, token, daemons, home) -> None:
     server.stop()
-    daemon = daemons(server.url, token, max_backoff_s=2).start()
+    daemon = daemons(server.url, token, max_backoff_s=2, log_level="DEBUG").start()
     uuids = set(make_runs(home, 4))
     wait_for(lambda: "unavailable" in daemon.log(), 30, "the daemon noticing the outage")
     # While the server is away: a few probes, one log line, the runs wait.
