@@ -277,6 +277,10 @@ class FaultProxy:
     def stop(self) -> None:
         self._closed.set()
         try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() (close alone does not)
+        except OSError:
+            pass
+        try:
             self._listener.close()
         except OSError:
             pass
