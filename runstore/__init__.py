@@ -29,3 +29,14 @@ __all__ = [
     "upload",
 ]
 __version__ = "0.1.0"
+
+_LAZY_SUBMODULES = ("keras", "lightning")
+
+
+def __getattr__(name: str) -> object:
+    """em.keras / em.lightning: imported on first use, so `import runstore` stays light."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"runstore.{name}")
+    raise AttributeError(f"module 'runstore' has no attribute {name!r}")
