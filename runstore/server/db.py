@@ -179,6 +179,7 @@ class Database:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
+        data_dir.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{data_dir / 'server.db'}")
 
     @contextlib.contextmanager
