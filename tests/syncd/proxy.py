@@ -79,7 +79,7 @@ class ChaosProxy:
 
     def stop(self) -> None:
         self._closed.set()
-        self._listener.close()
+        _close(self._listener)
         with self._lock:
             socks = list(self._socks)
         for s in socks:
@@ -196,6 +196,12 @@ class _Pair:
 
 
 def _close(sock: socket.socket) -> None:
+    # shutdown() first: it wakes a thread blocked in recv()/accept() on this socket and sends
+    # the FIN now (close() alone does neither while another thread is inside a call on it).
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     try:
         sock.close()
     except OSError:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.syncd.helpers import all_synced, assert_exactly_once, make_runs, wait_for
+from tests.syncd.helpers import (
+    all_synced,
+    assert_exactly_once,
+    local_runs,
+    make_runs,
+    wait_for,
+)
 from tests.syncd.proxy import ChaosProxy
 
 SOAK = int(os.environ.get("RUNSTORE_SOAK", "1") or "1")
@@ -52,8 +58,9 @@ def test_sigkill_at_each_dangerous_point_then_resume(server, token, proxy, daemo
 
 def test_twenty_sigkills_at_random_moments(server, token, daemons, home) -> None:
     rng = random.Random(int(os.environ.get("RUNSTORE_SEED", "0")) or None)
-    uuids = set(make_runs(home, 12 * SOAK, rows=8_000))
+    uuids = set(make_runs(home, 24 * SOAK, rows=20_000))
     kills = 20 * SOAK
+    unsynced_at_kill = []
     for _ in range(kills):
         d = daemons(server.url, token, concurrency=2)
         d.start(wait_ready=rng.random() < 0.8)  # some die while still starting up
@@ -64,6 +71,9 @@ def test_twenty_sigkills_at_random_moments(server, token, daemons, home) -> None
             pass
         assert d.alive(), d.log()
         d.kill()
+        unsynced_at_kill.append(sum(r["state"] != "synced" for r in local_runs(home).values()))
+    # The kills landed while there was work in flight, not after the batch was done.
+    assert sum(n > 0 for n in unsynced_at_kill) >= kills // 2, unsynced_at_kill
     daemons(server.url, token).start()
     wait_for(lambda: all_synced(home, uuids), 120, "all synced after the kills")
     assert_exactly_once(home, server.data_dir, uuids)
