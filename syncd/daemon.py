@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -72,14 +73,17 @@ class PassResult:
             getattr(self, name).extend(getattr(other, name))
 
 
-def target_for(entry: syncstate.SyncEntry, settings: Settings) -> dict[str, Any]:
+def target_for(entry: Any, settings: Settings) -> dict[str, Any]:
     """The run's own target where create_run() was given one, else the daemon's defaults.
 
-    The store keeps no "not given" marker, so a field still at the SDK's default value takes
-    the daemon's configured default for that field.
+    ``entry`` is a SyncEntry or a runs row. The store keeps no "not given" marker, so a field
+    still at the SDK's default value takes the daemon's configured default for that field.
     """
-    own = {"folder": entry.folder, "make_folder": entry.make_folder,
-           "conflict_strategy": entry.conflict_strategy}
+    def get(name: str) -> Any:
+        return entry[name] if isinstance(entry, sqlite3.Row) else getattr(entry, name)
+
+    own = {"folder": get("folder"), "make_folder": bool(get("make_folder")),
+           "conflict_strategy": get("conflict_strategy")}
     configured = {"folder": settings.folder, "make_folder": settings.make_folder,
                   "conflict_strategy": settings.conflict_strategy}
     return {k: (configured[k] if own[k] == SDK_DEFAULT_TARGET[k] else own[k]) for k in own}
@@ -182,7 +186,8 @@ class Syncer:
     def _dispatch_live(self, now: float, busy: set[str], free: int) -> int:
         """auto_upload runs still running: push their rows so far, at most every interval."""
         rows = self.store.read(
-            "SELECT uuid, alternative_name, metric_count FROM runs "
+            "SELECT uuid, alternative_name, metric_count, folder, make_folder, "
+            "conflict_strategy FROM runs "
             "WHERE status = 'Running' AND auto_upload = 1 ORDER BY id")
         started = 0
         live = {r["uuid"] for r in rows}
@@ -198,7 +203,8 @@ class Syncer:
                     or row["metric_count"] == last_count:
                 continue
             self._live_pushed[uuid] = (now, row["metric_count"])
-            self._submit(uuid, self._push_live, uuid, row["alternative_name"])
+            self._submit(uuid, self._push_live, uuid, row["alternative_name"],
+                         target_for(row, self.settings))
             started += 1
         return started
 
@@ -311,9 +317,9 @@ class Syncer:
             with self._lock:
                 self._results.live.append(uuid)
 
-    def _push_live(self, uuid: str, name: str) -> None:
+    def _push_live(self, uuid: str, name: str, target: dict[str, Any]) -> None:
         try:
-            result = self._call_upload(uuid)
+            result = self._call_upload(uuid, **target)
         except (TransientRemoteError, PermanentRemoteError) as exc:
             log.debug("run %s: live upload failed (the final upload retries): %s", name, exc)
             return

@@ -101,18 +101,24 @@ def test_a_running_run_is_never_uploaded_as_complete(server, token, daemons, hom
         live.finish()
         quiet.finish()
     """, home, background=True)
-    live, quiet = proc.stdout.readline().split()
-    # The auto_upload run's rows go up while it is live, but never as complete.
-    wait_for(lambda: server_runs(server.data_dir).get(live, [{}])[0].get("rows", 0) > 20, 30,
-             "live rows on the server")
-    snapshot = server_runs(server.data_dir)
-    assert [c["complete"] for c in snapshot[live]] == [False]
-    assert quiet not in snapshot  # not auto_upload: only once it has finished
-    assert local_runs(home)[live]["state"] is None
-    go.touch()
-    assert proc.wait(60) == 0
-    proc.stdout.close()
-    proc.stderr.close()
+    try:
+        live, quiet = proc.stdout.readline().split()
+        # The auto_upload run's rows go up while it is live, but never as complete.
+        wait_for(lambda: server_runs(server.data_dir).get(live, [{}])[0].get("rows", 0) > 20,
+                 30, "live rows on the server")
+        snapshot = server_runs(server.data_dir)
+        assert [c["complete"] for c in snapshot[live]] == [False]
+        assert quiet not in snapshot  # not auto_upload: only once it has finished
+        assert local_runs(home)[live]["state"] is None
+        go.touch()
+        assert proc.wait(60) == 0
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     wait_for(lambda: all_synced(home, {live, quiet}), 30, "both synced after finish")
     assert_exactly_once(home, server.data_dir, {live, quiet})
     assert daemon.alive()
