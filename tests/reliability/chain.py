@@ -1,0 +1,447 @@
+"""The whole chain for the model-based test: the real training process (agent.py), the real
+store, the real `syncd run`, a real fault-injecting proxy and the real `runstore serve`.
+
+``Chain`` owns the processes of one example; ``read_local`` / ``read_server`` read both
+databases directly (read-only); ``check_invariants`` (after every step) and ``final_check``
+(after healing) compare them against the model's record of what was created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.server_harness import ServerProcess
+from tests.syncd.helpers import Daemon, wait_for
+from tests.syncd.proxy import ChaosProxy
+
+AGENT = Path(__file__).with_name("agent.py")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+USER = "alice"
+
+# Figures of every example run in this process (the soak prints them; RELIABILITY.md).
+FIGURES: Counter = Counter()
+
+
+@dataclass
+class ModelRun:
+    """What the model knows of a run it created."""
+
+    uuid: str
+    name: str
+    alternative_name: str
+    folder: str
+    strategy: str
+    role: str                     # 'origin' | 'conflict'
+    bad_folder: bool = False      # a folder that does not exist and make_folder=False
+    finished: bool = False        # finish() returned, or its process was killed
+    killed: bool = False
+    artifacts: list[str] = field(default_factory=list)
+
+
+class Agent:
+    """The training process: python agent.py, one JSON command per line."""
+
+    def __init__(self, home: Path, log_path: Path) -> None:
+        env = {**os.environ, "RUNSTORE_HOME": str(home), "PYTHONPATH": str(REPO_ROOT),
+               "PYTHONUNBUFFERED": "1"}
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, env=env,
+                                     cwd=str(home.parent))
+        self._buf = b""
+        self.pid = self._answer(60)["ready"]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _answer(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if line.startswith(b"@@ "):
+                    return json.loads(line[3:])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"the training process did not answer in {timeout_s}s")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    raise AssertionError(f"the training process died ({self.proc.wait()})")
+                self._buf += data
+
+    def call(self, timeout_s: float = 60.0, **cmd: Any) -> dict[str, Any]:
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+        answer = self._answer(timeout_s)
+        if "error" in answer:
+            raise AssertionError(f"agent: {answer['error']}")
+        return answer
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        self._log.close()
+
+
+class Chain:
+    """Server + proxy + daemon + training process of one example, in ``base`` (a new dir)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.home = base / "home"
+        self.home.mkdir(parents=True)
+        self.config_dir = base / "cfg"
+        self.config_dir.mkdir()
+        # Short client timeouts: a killed server must not hold a request for long.
+        (self.config_dir / "config.toml").write_text("[server]\ntimeout_s = 5\n")
+        self.server = ServerProcess(base / "srv")
+        self.server.start()
+        self.token = self.server.add_user(USER)
+        self.proxy = ChaosProxy(self.server.port).start()
+        self.daemon: Daemon | None = None
+        self.healing = False
+        self.agent: Agent | None = None
+        self.start_agent()
+        self.start_daemon()
+
+    # -- processes -------------------------------------------------------------------------
+    def start_agent(self) -> None:
+        self.agent = Agent(self.home, self.base / "agent.log")
+
+    def start_daemon(self, url: str | None = None, wait_ready: bool = True) -> None:
+        if self.daemon is not None:
+            self.daemon.kill()  # reap a daemon killed from the proxy, close its files
+        self.daemon = Daemon(self.home, self.config_dir, url or self.proxy.url, self.token,
+                             self.base / "syncd.log", concurrency=2, max_backoff_s=1,
+                             live_interval_s=0, fallback_interval_s=2)
+        self.daemon.start(wait_ready=wait_ready)
+
+    def daemon_alive(self) -> bool:
+        return self.daemon is not None and self.daemon.alive()
+
+    def kill_daemon_now(self) -> None:
+        """From the proxy thread: SIGKILL the daemon the instant the server answered."""
+        daemon = self.daemon
+        if self.healing or daemon is None or daemon.proc is None:
+            return
+        if daemon.proc.poll() is None:
+            os.kill(daemon.proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.kill()
+        if self.agent is not None:
+            self.agent.kill()
+        self.proxy.stop()
+        self.server.stop()
+
+    # -- healing -----------------------------------------------------------------------------
+    def heal_and_drain(self, model: dict[str, ModelRun], timeout_s: float) -> None:
+        """Server up, every run ended, no more kills; wait until the daemon is idle.
+
+        Faults still armed in the proxy (lost answers, 5xx: each a finite number of times)
+        stay armed: the final sync goes through them.
+        """
+        self.healing = True
+        if not self.server.running():
+            self.server.start()
+        if self.agent is not None and self.agent.alive():
+            for run in model.values():
+                if not run.finished:
+                    self.agent.call(op="finish", uuid=run.uuid)
+                    run.finished = True
+        if not self.daemon_alive():
+            self.start_daemon()
+
+        def idle() -> bool:
+            local = read_local(self.home)
+            return all(r["status"] != "Running" and r["state"] in ("synced", "failed")
+                       for r in local["runs"].values())
+
+        try:
+            wait_for(idle, timeout_s, "every finished run synced or failed after healing",
+                     interval_s=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_states(self.home)}\n--- syncd log tail ---\n"
+                                 f"{self.daemon.log()[-6000:]}") from None
+
+
+def _states(home: Path) -> str:
+    local = read_local(home)
+    return "\n".join(f"{u[:8]} {r['name']} {r['status']} {r['state']} {r['last_error']}"
+                     for u, r in local["runs"].items())
+
+
+# -- reading both sides ----------------------------------------------------------------------
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def read_local(home: Path) -> dict[str, Any]:
+    """Runs (with rows, sync state, outputs), artifacts and their objects of the local store."""
+    conn = _ro(home / "runstore.db")
+    try:
+        runs: dict[str, dict[str, Any]] = {}
+        for rid, uuid, name, alt, status, state, err in conn.execute(
+                "SELECT r.id, r.uuid, r.name, r.alternative_name, r.status, s.state, "
+                "s.last_error FROM runs r LEFT JOIN sync_state s ON s.run_id = r.id"):
+            rows = conn.execute("SELECT seq, type, key, step, epoch, value, timestamp "
+                                "FROM metrics WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()
+            outputs = [u for (u,) in conn.execute(
+                "SELECT ar.uuid FROM associations a JOIN artifacts ar ON ar.id = a.artifact_id "
+                "WHERE a.run_id = ? ORDER BY a.direction, a.position", (rid,))]
+            n_assoc = conn.execute("SELECT COUNT(*) FROM associations WHERE run_id = ?",
+                                   (rid,)).fetchone()[0]
+            runs[uuid] = {"name": name, "alternative_name": alt, "status": status,
+                          "state": state, "last_error": err, "rows": rows,
+                          "artifacts": outputs, "associations": n_assoc}
+        artifacts: dict[str, list[tuple]] = {}
+        for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts"):
+            artifacts[uuid] = conn.execute(
+                "SELECT path, kind, sha256, size_bytes FROM artifact_objects "
+                "WHERE artifact_id = ? ORDER BY path", (aid,)).fetchall()
+    finally:
+        conn.close()
+    return {"runs": runs, "artifacts": artifacts}
+
+
+def read_server(data_dir: Path, user: str = USER) -> dict[str, Any]:
+    """The user's runs on the server (a list of copies per UUID, so duplicates show)."""
+    conn = _ro(data_dir / "server.db")
+    try:
+        owner = conn.execute("SELECT id FROM users WHERE name = ?", (user,)).fetchone()[0]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rid, uuid, node, folder, status, count, complete in conn.execute(
+                "SELECT r.id, r.uuid, r.name, f.path, r.status, r.metric_count, r.complete "
+                "FROM runs r JOIN folders f ON f.id = r.folder_id WHERE r.owner_id = ?",
+                (owner,)):
+            rows = conn.execute("SELECT seq, type, key, step, epoch, value, timestamp "
+                                "FROM metrics WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()
+            lineage = [u for (u,) in conn.execute(
+                "SELECT a.uuid FROM lineage l JOIN artifacts a ON a.id = l.artifact_id "
+                "WHERE l.run_id = ? ORDER BY l.direction, l.position", (rid,))]
+            n_lineage = conn.execute("SELECT COUNT(*) FROM lineage WHERE run_id = ?",
+                                     (rid,)).fetchone()[0]
+            runs.setdefault(uuid, []).append({
+                "node": node, "folder": folder, "status": status, "metric_count": count,
+                "complete": bool(complete), "rows": rows, "artifacts": lineage,
+                "lineage": n_lineage})
+        artifacts: dict[str, list[list[tuple]]] = {}
+        for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts WHERE owner_id = ?",
+                                      (owner,)):
+            artifacts.setdefault(uuid, []).append(conn.execute(
+                "SELECT path, kind, sha256, size_bytes FROM artifact_objects "
+                "WHERE artifact_id = ? ORDER BY path", (aid,)).fetchall())
+        nodes = Counter(conn.execute(
+            "SELECT f.path, r.name FROM runs r JOIN folders f ON f.id = r.folder_id "
+            "WHERE r.owner_id = ?", (owner,)).fetchall())
+    finally:
+        conn.close()
+    return {"runs": runs, "artifacts": artifacts, "nodes": nodes}
+
+
+def _sha_file(path: Path) -> str | None:
+    try:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def full_path(folder: str) -> str:
+    return f"/{USER}/{folder}"
+
+
+def _explained_absent(run: ModelRun, model: dict[str, ModelRun]) -> bool:
+    """A run may be absent from the server by design: skipped, refused, or replaced."""
+    if run.role == "conflict" and run.strategy in ("skip", "error"):
+        return True
+    if run.bad_folder:
+        return True
+    # Replaced: a later run of the same name and folder with strategy 'replace'.
+    return any(o.role == "conflict" and o.strategy == "replace" and o.name == run.name
+               and o.folder == run.folder and o.uuid != run.uuid for o in model.values())
+
+
+def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[str, int]:
+    """After any step: nothing twice on the server, nothing there that was not logged, and
+    nothing marked synced that the server does not hold (or that is absent by design)."""
+    server = read_server(data_dir)  # first: the local store only grows afterwards
+    local = read_local(home)
+    lruns = local["runs"]
+    problems: list[str] = []
+    assert set(lruns) <= set(model), f"runs nobody created: {set(lruns) - set(model)}"
+    for uuid, copies in server["runs"].items():
+        if len(copies) != 1:
+            problems.append(f"run {uuid} has {len(copies)} copies on the server")
+        if uuid not in lruns:
+            problems.append(f"run {uuid} on the server was never logged here")
+            continue
+        mine = lruns[uuid]["rows"]
+        for copy in copies:
+            rows = copy["rows"]
+            if [r[0] for r in rows] != list(range(len(rows))) or \
+                    len(rows) != copy["metric_count"]:
+                problems.append(f"run {uuid}: server rows are not seq 0..{copy['metric_count']}")
+            if rows != mine[:len(rows)]:
+                problems.append(f"run {uuid}: server rows differ from the logged rows")
+            if copy["complete"] and (len(rows) != len(mine)
+                                     or lruns[uuid]["status"] == "Running"
+                                     or copy["status"] != lruns[uuid]["status"]):
+                problems.append(f"run {uuid}: complete on the server with {len(rows)} rows "
+                                f"({copy['status']}), locally {len(mine)} "
+                                f"({lruns[uuid]['status']})")
+    for (folder, node), n in server["nodes"].items():
+        if n != 1:
+            problems.append(f"{folder}/{node} names {n} runs")
+    for uuid, copies in server["artifacts"].items():
+        if len(copies) != 1:
+            problems.append(f"artifact {uuid} has {len(copies)} copies on the server")
+        if uuid not in local["artifacts"]:
+            problems.append(f"artifact {uuid} on the server was never created here")
+        elif any(c != local["artifacts"][uuid] for c in copies):
+            problems.append(f"artifact {uuid}: objects differ from the local ones")
+    # Promise 4: 'synced' only after the server acknowledged.
+    for uuid, r in lruns.items():
+        if r["state"] != "synced":
+            continue
+        copies = server["runs"].get(uuid, [])
+        if copies and copies[0]["complete"] and len(copies[0]["rows"]) == len(r["rows"]):
+            continue
+        if not copies and _explained_absent(model[uuid], model):
+            continue
+        problems.append(f"run {uuid} ({r['name']}) is marked synced, but the server holds "
+                        f"{copies[0]['metric_count'] if copies else 'no'} rows of it "
+                        f"(complete={copies[0]['complete'] if copies else None})")
+    assert not problems, "\n".join(problems)
+    return {"server_runs": len(server["runs"]),
+            "synced": sum(r["state"] == "synced" for r in lruns.values())}
+
+
+def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[str, Any]:
+    """After healing: the Jepsen-style set check. Returns the figures (lost, duplicated,
+    unexpected must be empty; the assertion says which runs and why)."""
+    check_invariants(home, data_dir, model)
+    server = read_server(data_dir)
+    local = read_local(home)
+    lruns, sruns = local["runs"], server["runs"]
+    lost: list[str] = []
+    duplicated: list[str] = []
+    unexpected: list[str] = []
+    wrong: list[str] = []
+    rows_checked = blob_bytes = 0
+    assert set(lruns) == set(model), "the store and the model disagree on which runs exist"
+    duplicated += [u for u, c in sruns.items() if len(c) > 1]
+    unexpected += [u for u in sruns if u not in lruns]
+    groups: dict[tuple[str, str], list[ModelRun]] = {}
+    for run in model.values():
+        groups.setdefault((run.folder, run.name), []).append(run)
+    for uuid, run in model.items():
+        mine = lruns[uuid]
+        copies = sruns.get(uuid, [])
+        if mine["status"] == "Running" or mine["state"] not in ("synced", "failed"):
+            wrong.append(f"{run.name} {uuid}: {mine['status']}/{mine['state']} after healing")
+        must_be_absent = run.bad_folder or (run.role == "conflict"
+                                            and run.strategy in ("skip", "error"))
+        if must_be_absent:
+            if copies:
+                unexpected.append(uuid)
+            want = "synced" if run.strategy == "skip" and not run.bad_folder else "failed"
+            if mine["state"] != want:
+                wrong.append(f"{run.name} {uuid} ({run.strategy}, bad_folder="
+                             f"{run.bad_folder}): {mine['state']}, not {want}: "
+                             f"{mine['last_error']}")
+            if want == "failed" and not mine["last_error"]:
+                wrong.append(f"{run.name} {uuid}: failed without a reason")
+            continue
+        if not copies:
+            if not _explained_absent(run, model):
+                lost.append(uuid)
+            continue
+        copy = copies[0]
+        if not copy["complete"] or copy["rows"] != mine["rows"] \
+                or copy["status"] != mine["status"]:
+            (lost if len(copy["rows"]) < len(mine["rows"]) or not copy["complete"]
+             else unexpected).append(uuid)
+            continue
+        if mine["state"] != "synced":
+            wrong.append(f"{run.name} {uuid}: on the server but {mine['state']} locally")
+        expected_node = (run.alternative_name if run.role == "conflict" and
+                         run.strategy == "new" else run.name)
+        if (copy["folder"], copy["node"]) != (full_path(run.folder), expected_node):
+            wrong.append(f"{run.name} {uuid}: at {copy['folder']}/{copy['node']}, not "
+                         f"{full_path(run.folder)}/{expected_node}")
+        if copy["lineage"] != mine["associations"] or copy["artifacts"] != mine["artifacts"]:
+            lost.append(f"{uuid} (lineage)")
+        rows_checked += len(copy["rows"])
+        for art in mine["artifacts"]:
+            objects = server["artifacts"].get(art)
+            if not objects or objects[0] != local["artifacts"][art]:
+                lost.append(f"{uuid} (artifact {art})")
+                continue
+            for _path, kind, sha, size in objects[0]:
+                if kind != "file":
+                    continue
+                blob = data_dir / "blobs" / sha[:2] / sha
+                if _sha_file(blob) != sha or blob.stat().st_size != size or \
+                        _sha_file(home / "blobs" / sha[:2] / sha) != sha:
+                    lost.append(f"{uuid} (blob {sha})")
+                blob_bytes += size
+    # Each (folder, name) with a 'replace' among its runs: one holder, one of them.
+    for (folder, name), members in groups.items():
+        replacers = [m for m in members if m.role == "conflict" and m.strategy == "replace"]
+        if not replacers:
+            continue
+        holders = [u for u, c in sruns.items()
+                   if (c[0]["folder"], c[0]["node"]) == (full_path(folder), name)]
+        allowed = {m.uuid for m in members if m.role == "origin" or m in replacers}
+        if len(holders) != 1 or holders[0] not in allowed:
+            wrong.append(f"{folder}/{name} is held by {holders}, expected one of {allowed}")
+        elif any(lruns[m.uuid]["state"] == "synced" for m in replacers) and \
+                model[holders[0]].role == "origin":
+            wrong.append(f"{folder}/{name}: a replacing run was synced, yet the original "
+                         "holds the name")
+    figures = {"runs": len(model), "rows": rows_checked, "blob_bytes": blob_bytes,
+               "lost": len(lost), "duplicated": len(duplicated),
+               "unexpected": len(unexpected), "wrong": len(wrong)}
+    assert not (lost or duplicated or unexpected or wrong), (
+        f"lost={lost}\nduplicated={duplicated}\nunexpected={unexpected}\n"
+        + "\n".join(wrong))
+    return figures

@@ -1,0 +1,291 @@
+"""Promise 3, model-based: nothing lost, nothing twice, whatever happens on the way.
+
+A hypothesis RuleBasedStateMachine drives the whole real chain: a training process
+(tests/reliability/agent.py, the real SDK) creates, logs, adds artifacts to and finishes runs,
+and gets SIGKILLed; `syncd run` uploads through a real TCP proxy to `runstore serve`. Rules
+interleave that with SIGKILLs of the daemon and of the server, the daemon killed the instant
+the server committed, lost responses (the server committed, the client never hears), 5xx and
+429 answers, runs aimed at a folder that does not exist, and name conflicts under each
+strategy (skip, error, new, replace).
+
+After every step (invariant): the server holds no run twice, no row that was not logged,
+nothing complete that is not all of the run, and no run is marked synced locally that the
+server does not hold. After healing (server up, no faults, every run ended) and a final sync:
+the set check of chain.final_check: lost, duplicated and unexpected are all empty, every run
+is where its strategy puts it, with exactly its rows, lineage and artifact bytes.
+
+Sizes: CI runs RUNSTORE_MODEL_EXAMPLES (default 8) examples of up to RUNSTORE_MODEL_STEPS
+(default 25) steps, every fault kind included; `python scripts/soak.py --minutes 30` runs it
+for as long as asked and prints the figures (docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.reliability.chain import (
+    FIGURES,
+    Chain,
+    ModelRun,
+    check_invariants,
+    final_check,
+    read_local,
+)
+
+STRATEGIES = ("skip", "error", "new", "replace")
+FOLDERS = ("default", "proj", "proj/deep")
+# The request each fault aims at (the first bytes of the request line).
+PATTERNS = {
+    "claim": b"POST /api/v1/runs/claim",
+    "metrics": b"/metrics HTTP",
+    "lineage": b"/lineage HTTP",
+    "finalize": b"/finalize HTTP",
+    "folder": b"POST /api/v1/folders",
+    "blob-status": b"POST /api/v1/uploads",
+    "blob-part": b"PATCH /api/v1/uploads",
+    "blobs-missing": b"POST /api/v1/blobs/missing",
+    "artifact-claim": b"POST /api/v1/artifacts/claim",
+    "whoami": b"GET /api/v1/whoami",
+}
+HEAL_TIMEOUT_S = float(os.environ.get("RUNSTORE_MODEL_HEAL_S", "90"))
+_counter = itertools.count()
+
+
+class ChainMachine(RuleBasedStateMachine):
+    """One example = one fresh server, store, daemon and training process."""
+
+    base_dir: Path = Path(tempfile.gettempdir())
+    keep_failed: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = self.base_dir / f"ex{next(_counter)}-{os.getpid()}"
+        self.chain = Chain(self.dir)
+        self.model: dict[str, ModelRun] = {}
+        self.open: list[str] = []
+        self.names = itertools.count()
+        self.failed = True  # until teardown's final check passes
+        FIGURES["examples"] += 1
+
+    # -- the training process --------------------------------------------------------------
+    @initialize(n=st.integers(1, 3), rows=st.integers(1, 300))
+    def first_runs(self, n: int, rows: int) -> None:
+        for i in range(n):
+            self.start_run(FOLDERS[i], STRATEGIES[i], rows)
+
+    @precondition(lambda self: len(self.open) < 3 and len(self.model) < 14)
+    @rule(folder=st.sampled_from(FOLDERS + ("nowhere",)), strategy=st.sampled_from(STRATEGIES),
+          rows=st.integers(0, 300))
+    def start_run(self, folder: str, strategy: str, rows: int) -> None:
+        bad = folder == "nowhere"  # not there, and make_folder=False: refused, must not block
+        name = f"r{next(self.names)}"
+        answer = self.chain.agent.call(op="create", name=name, folder=folder,
+                                       make_folder=not bad and folder != "default",
+                                       strategy=strategy)
+        uuid = answer["uuid"]
+        self.model[uuid] = ModelRun(uuid, name, answer["alternative_name"], folder, strategy,
+                                    "origin", bad_folder=bad)
+        self.open.append(uuid)
+        if rows:
+            self.chain.agent.call(op="log", uuid=uuid, n=rows)
+        FIGURES["runs_created"] += 1
+        FIGURES["bad_folder_runs"] += bad
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), n=st.integers(1, 2000), flush=st.booleans())
+    def log_rows(self, data, n: int, flush: bool) -> None:
+        uuid = data.draw(st.sampled_from(self.open))
+        self.chain.agent.call(op="log", uuid=uuid, n=n)
+        if flush:
+            self.chain.agent.call(op="flush", uuid=uuid)
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), size=st.sampled_from([0, 1, 70_000, 300_000]))
+    def add_artifact(self, data, size: int) -> None:
+        uuid = data.draw(st.sampled_from(self.open))
+        seed = next(_counter)
+        answer = self.chain.agent.call(op="artifact", uuid=uuid, size=size, seed=seed)
+        self.model[uuid].artifacts.append(answer["artifact_uuid"])
+        FIGURES["artifacts"] += 1
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data())
+    def finish_run(self, data) -> None:
+        uuid = data.draw(st.sampled_from(self.open))
+        self.chain.agent.call(op="finish", uuid=uuid)
+        self.open.remove(uuid)
+        self.model[uuid].finished = True
+
+    @precondition(lambda self: self.open)
+    @rule()
+    def sigkill_training_process(self) -> None:
+        """A scheduler kills the job: its runs end as Error with what was flushed."""
+        self.chain.agent.kill()
+        for uuid in self.open:
+            self.model[uuid].finished = self.model[uuid].killed = True
+        FIGURES["training_sigkills"] += 1
+        FIGURES["runs_killed"] += len(self.open)
+        self.open = []
+        self.chain.start_agent()
+
+    @precondition(lambda self: any(r.role == "origin" and r.finished and not r.bad_folder
+                                   for r in self.model.values()))
+    @rule(data=st.data(), strategy=st.sampled_from(STRATEGIES), rows=st.integers(0, 200),
+          artifact=st.booleans())
+    def conflicting_run(self, data, strategy: str, rows: int, artifact: bool) -> None:
+        """A run named like one the server already holds, with each strategy."""
+        origins = sorted(u for u, r in self.model.items()
+                         if r.role == "origin" and r.finished and not r.bad_folder)
+        origin = self.model[data.draw(st.sampled_from(origins))]
+        if not self._wait_synced(origin.uuid):
+            FIGURES["conflicts_not_applicable"] += 1
+            return  # the name is not surely taken on the server yet: no defined outcome
+        answer = self.chain.agent.call(op="create", name=origin.name, folder=origin.folder,
+                                       make_folder=origin.folder != "default",
+                                       strategy=strategy)
+        uuid = answer["uuid"]
+        self.model[uuid] = ModelRun(uuid, origin.name, answer["alternative_name"],
+                                    origin.folder, strategy, "conflict")
+        if rows:
+            self.chain.agent.call(op="log", uuid=uuid, n=rows)
+        if artifact:
+            answer = self.chain.agent.call(op="artifact", uuid=uuid, size=5000,
+                                           seed=next(_counter))
+            self.model[uuid].artifacts.append(answer["artifact_uuid"])
+        self.chain.agent.call(op="finish", uuid=uuid)
+        self.model[uuid].finished = True
+        FIGURES[f"conflict_{strategy}"] += 1
+
+    def _wait_synced(self, uuid: str, timeout_s: float = 20.0) -> bool:
+        """Bring the server and daemon up and wait (bounded) until the run is synced."""
+        def state() -> str | None:
+            return read_local(self.chain.home)["runs"][uuid]["state"]
+
+        if state() == "synced":
+            return True
+        if not self.chain.server.running():
+            self.chain.server.start()
+        if not self.chain.daemon_alive():
+            self.chain.start_daemon()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.chain.daemon_alive():
+            if state() in ("synced", "failed"):
+                break
+            time.sleep(0.05)
+        return state() == "synced"
+
+    # -- faults ------------------------------------------------------------------------------
+    @rule(action=st.sampled_from(["sigkill", "sigkill-when-answered", "start"]),
+          request=st.sampled_from(["claim", "metrics", "finalize", "blob-part",
+                                   "artifact-claim", "lineage"]),
+          wait_ready=st.booleans())
+    def daemon_fault(self, action: str, request: str, wait_ready: bool) -> None:
+        """SIGKILL syncd now, or the instant the server committed the next such request
+        (before the answer reaches it); or start it again (maybe killed while starting)."""
+        if not self.chain.daemon_alive():
+            self.chain.start_daemon(wait_ready=wait_ready)
+        elif action == "sigkill":
+            self.chain.daemon.kill()
+            FIGURES["daemon_sigkills"] += 1
+        elif action == "sigkill-when-answered":
+            self.chain.proxy.on_response(PATTERNS[request], self.chain.kill_daemon_now)
+            FIGURES["daemon_sigkills_after_commit_armed"] += 1
+
+    @rule()
+    def server_sigkill_or_start(self) -> None:
+        """SIGKILL `runstore serve` (mid-request, whatever it was doing), or start it again."""
+        if self.chain.server.running():
+            self.chain.server.kill()
+            FIGURES["server_sigkills"] += 1
+        else:
+            self.chain.server.start()
+
+    @rule(request=st.sampled_from(sorted(PATTERNS)), status=st.sampled_from([0, 500, 503, 429]),
+          times=st.integers(1, 3))
+    def network_fault(self, request: str, status: int, times: int) -> None:
+        """status 0: the server gets and commits the request, its answer is lost; else the
+        proxy answers 5xx/429 in its place."""
+        if status == 0:
+            self.chain.proxy.on_response(PATTERNS[request], lambda: None, times=times)
+            FIGURES["lost_responses_armed"] += times
+        else:
+            headers = (("Retry-After", "1"),) if status == 429 else ()
+            self.chain.proxy.answer(PATTERNS[request], status, times=times, headers=headers)
+            FIGURES[f"http_{status}_armed"] += times
+
+    @rule(seconds=st.sampled_from([0.2, 1.0, 3.0]))
+    def let_it_work(self, seconds: float) -> None:
+        """Give the daemon time: until something more is synced, or the time is up."""
+        start = check_invariants(self.chain.home, self.chain.server.data_dir, self.model)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            local = read_local(self.chain.home)
+            if sum(r["state"] == "synced" for r in local["runs"].values()) > start["synced"]:
+                break
+            time.sleep(0.05)
+
+    # -- after every step ----------------------------------------------------------------------
+    @invariant()
+    def nothing_twice_nothing_unlogged(self) -> None:
+        check_invariants(self.chain.home, self.chain.server.data_dir, self.model)
+        FIGURES["invariant_checks"] += 1
+
+    def teardown(self) -> None:
+        try:
+            self.chain.heal_and_drain(self.model, HEAL_TIMEOUT_S)
+            figures = final_check(self.chain.home, self.chain.server.data_dir, self.model)
+            for key, value in figures.items():
+                FIGURES[f"checked_{key}"] += value
+            for kind in self.chain.proxy.triggered:
+                FIGURES[f"proxy_triggered_{kind}"] += 1
+            self.failed = False
+        finally:
+            self.chain.close()
+            if not self.failed or not self.keep_failed:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            else:
+                print(f"kept the failing example's processes' files in {self.dir}")
+
+
+def machine_settings(examples: int, steps: int) -> settings:
+    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
+                    database=None, derandomize=False, print_blob=True,
+                    # No shrinking in CI: each example costs seconds; the failing steps are
+                    # printed as they ran (RUNSTORE_MODEL_SHRINK=1 to shrink anyway).
+                    phases=(list(Phase) if os.environ.get("RUNSTORE_MODEL_SHRINK")
+                            else [Phase.explicit, Phase.generate]),
+                    suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_nothing_lost_nothing_twice(tmp_path: Path) -> None:
+    ChainMachine.base_dir = tmp_path
+    before = FIGURES.copy()
+    run_state_machine_as_test(ChainMachine, settings=machine_settings(
+        int(os.environ.get("RUNSTORE_MODEL_EXAMPLES", "8")),
+        int(os.environ.get("RUNSTORE_MODEL_STEPS", "25"))))
+    done = FIGURES - before
+    print(dict(sorted(done.items())))
+    # The CI size still injects real faults and checks real data.
+    assert done["checked_runs"] > 0 and done["checked_rows"] > 0
+    assert done["proxy_triggered_answer"] + done["proxy_triggered_on_response"] + \
+        done["server_sigkills"] + done["daemon_sigkills"] + done["training_sigkills"] > 0
+    assert done["checked_lost"] == done["checked_duplicated"] == done["checked_unexpected"] == 0
