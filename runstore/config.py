@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,6 @@ class Config:
     conflict_strategy: str = "new"
     syncd_concurrency: int = 2
     syncd_only_auto_upload: bool = False
-    source: dict[str, str] = field(default_factory=dict)
 
     @property
     def credentials(self) -> Credentials | None:
@@ -107,26 +106,41 @@ def load_config(directory: Path | None = None) -> Config:
     syncd = data.get("syncd", {})
     cfg.host = creds.get("host") or server.get("host")
     cfg.token = creds.get("token")
+    where = directory / "config.toml"
+    cfg.timeout_s = _typed(where, "server.timeout_s", server.get("timeout_s", cfg.timeout_s),
+                           float)
+    cfg.folder = _typed(where, "upload.folder", upload.get("folder", cfg.folder), str)
+    cfg.make_folder = _typed(where, "upload.make_folder",
+                             upload.get("make_folder", cfg.make_folder), bool)
+    cfg.conflict_strategy = _typed(where, "upload.conflict_strategy",
+                                   upload.get("conflict_strategy", cfg.conflict_strategy), str)
     try:
-        cfg.timeout_s = float(server.get("timeout_s", cfg.timeout_s))
-        cfg.folder = str(upload.get("folder", cfg.folder))
-        cfg.make_folder = bool(upload.get("make_folder", cfg.make_folder))
-        cfg.conflict_strategy = check_conflict_strategy(
-            str(upload.get("conflict_strategy", cfg.conflict_strategy)))
-        cfg.syncd_concurrency = int(syncd.get("concurrency", cfg.syncd_concurrency))
-        cfg.syncd_only_auto_upload = bool(
-            syncd.get("only_auto_upload", cfg.syncd_only_auto_upload))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{directory / 'config.toml'}: {exc}") from exc
+        check_conflict_strategy(cfg.conflict_strategy)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: upload.{exc}") from None
+    cfg.syncd_concurrency = _typed(where, "syncd.concurrency",
+                                   syncd.get("concurrency", cfg.syncd_concurrency), int)
+    cfg.syncd_only_auto_upload = _typed(
+        where, "syncd.only_auto_upload",
+        syncd.get("only_auto_upload", cfg.syncd_only_auto_upload), bool)
     if cfg.syncd_concurrency < 1:
-        raise ConfigError(
-            f"{directory / 'config.toml'}: syncd.concurrency {cfg.syncd_concurrency} must be >= 1"
-        )
+        raise ConfigError(f"{where}: syncd.concurrency = {cfg.syncd_concurrency} must be >= 1")
     if os.environ.get("RUNSTORE_SERVER"):
         cfg.host = os.environ["RUNSTORE_SERVER"]
     if os.environ.get("RUNSTORE_TOKEN"):
         cfg.token = os.environ["RUNSTORE_TOKEN"]
     return cfg
+
+
+def _typed(where: Path, key: str, value: Any, kind: type) -> Any:
+    """value as kind, else a ConfigError naming the file, the key and the value."""
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{where}: {key} = {value!r} is not of type {kind.__name__}; "
+                          "fix or remove it")
+    return value
 
 
 def save_credentials(host: str, token: str, directory: Path | None = None) -> Path:

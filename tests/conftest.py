@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,39 @@ def close_live_runs():
         for run in writer.live_runs():
             if run.status == "Running":
                 run._end_run("Error")
+
+
+@pytest.fixture
+def home(isolated_env: Path) -> Path:
+    """The test's RUNSTORE_HOME, created."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    return isolated_env
+
+
+@pytest.fixture
+def config_dir() -> Path:
+    """The test's RUNSTORE_CONFIG_DIR, created."""
+    path = Path(os.environ["RUNSTORE_CONFIG_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A real `runstore serve` subprocess on 127.0.0.1 and a free port (tests/server_harness)."""
+    from tests.server_harness import ServerProcess
+
+    with ServerProcess(tmp_path / "server-data") as proc:
+        yield proc
+
+
+@pytest.fixture
+def alice(server) -> str:
+    """An API token of user alice on the test's server (`runstore user add alice`)."""
+    return server.add_user("alice")
+
+
+@pytest.fixture
+def token(alice: str) -> str:
+    """alice's token, by the name the daemon tests use."""
+    return alice

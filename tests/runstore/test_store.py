@@ -139,3 +139,18 @@ def test_log_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, store: S
     row = store.read("SELECT r.metric_count, s.state FROM runs r JOIN sync_state s "
                      "ON s.run_id = r.id")[0]
     assert tuple(row) == (1000, "pending")
+
+
+def test_bad_config_value_names_file_key_and_value(config_dir: Path):
+    from runstore.config import ConfigError, load_config
+
+    (config_dir / "config.toml").write_text('[syncd]\nconcurrency = "two"\n')
+    with pytest.raises(ConfigError, match=r"config.toml: syncd.concurrency = 'two' is not of "
+                                          r"type int; fix or remove it"):
+        load_config()
+    (config_dir / "config.toml").write_text('[upload]\nconflict_strategy = "merge"\n')
+    with pytest.raises(ConfigError, match="upload.conflict_strategy 'merge' is not one of"):
+        load_config()
+    (config_dir / "config.toml").write_text('[server]\ntimeout_s = 5\n[upload]\nfolder = "p"\n')
+    cfg = load_config()
+    assert (cfg.timeout_s, cfg.folder, cfg.conflict_strategy) == (5.0, "p", "new")
