@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import collections
 import json
 import os
-import signal
 import threading
 import time
 import uuid as _uuid
@@ -15,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from runstore import capture
 from runstore.errors import NotFoundError
+from runstore.lifecycle import install_exit_handlers
+from runstore.lineage import association_entry
 from runstore.names import alternative_name as make_alternative_name
 from runstore.names import check_name
 from runstore.params import Params, check_json
@@ -25,7 +25,6 @@ from runstore.writer import MAX_BUFFERED_RECORDS, WAKE_AT_RECORDS, Writer, to_fl
 if TYPE_CHECKING:
     pass
 
-ASSOCIATION_KINDS = ("Artifact", "Model", "Dataset", "branch", "tag", "commit")
 _str, _float, _int, _bool = str, float, int, bool
 
 
@@ -67,7 +66,7 @@ class Run:
                     self.log(type_, rec.get("value", {}), seq.get("step", 0), seq.get("epoch"))
         if self._status == "Running":
             self._writer.register(self)
-            _install_exit_handlers()
+            install_exit_handlers()
 
     def _insert(self, metadata: dict[str, Any], hparams: dict[str, Any],
                 platform: dict[str, Any] | None, git: dict[str, Any] | None) -> Any:
@@ -275,7 +274,7 @@ class Run:
         self._status, self._end = "Running", None
         self._owner_pid = os.getpid()
         self._writer.register(self)
-        _install_exit_handlers()
+        install_exit_handlers()
 
     # -- lineage ---------------------------------------------------------------------------
     def mark_input(self, resource: Any) -> None:
@@ -390,31 +389,6 @@ def _as_int(what: str, value: Any) -> int:
         raise TypeError(f"{what} must be an int, not {value!r}") from None
 
 
-def association_entry(resource: Any) -> tuple[dict[str, Any], int | None]:
-    """The t9k association entry of a resource (and its local artifact id), else TypeError."""
-    from runstore.artifact import Artifact
-
-    if isinstance(resource, Artifact):
-        return ({"kind": "Artifact", "name": resource.alternative_name,
-                 "localDir": resource.local}, resource.id)
-    cls = type(resource).__name__
-    if cls in ("Model", "Dataset") and hasattr(resource, "id") and hasattr(resource, "path"):
-        return {"kind": cls, "id": str(resource.id), "path": str(resource.path)}, None
-    if cls in ("Branch", "Tag", "Commit") and hasattr(resource, "asset"):
-        ref = getattr(resource, "name", None) or getattr(resource, "id", None)
-        return ({"kind": cls.lower(), "id": f"{resource.asset.id}:{ref}",
-                 "path": f"{resource.asset.path}:{ref}"}, None)
-    if isinstance(resource, dict):
-        kind = resource.get("kind")
-        if kind == "Artifact" and set(resource) == {"kind", "name", "localDir"}:
-            return dict(resource), None
-        if kind in ASSOCIATION_KINDS[1:] and set(resource) == {"kind", "id", "path"}:
-            return dict(resource), None
-    raise TypeError(
-        f"cannot mark {resource!r} as input/output: expected an Artifact, Model, Dataset, "
-        "Branch, Tag or Commit")
-
-
 def remote_history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
     return [
         {"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
@@ -453,53 +427,3 @@ def find_run_row(store: Store, ref: str) -> Any:
             f"no run {ref!r} in the store {str(store.home)!r}; "
             "`runstore ls` lists the runs there")
     return rows[0]
-
-
-# -- process exit ----------------------------------------------------------------------------
-_exit_installed = False
-_exit_lock = threading.Lock()
-
-
-def _install_exit_handlers() -> None:
-    """At exit (normal, exception, sys.exit, SIGTERM): flush, and mark unfinished runs Error."""
-    global _exit_installed
-    with _exit_lock:
-        if _exit_installed:
-            return
-        _exit_installed = True
-    atexit.register(_at_exit)
-    if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _on_sigterm)
-        except ValueError:
-            pass
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _at_exit() -> None:
-    from runstore.api import all_writers
-
-    for writer in all_writers():
-        for run in writer.live_runs():
-            try:
-                if run._owner_pid != os.getpid():
-                    writer.flush(run)  # a forked child: flush its own rows, never end the run
-                elif run._status == "Running":
-                    run._end_run("Error")
-            except Exception as exc:  # at exit there is nobody to raise to
-                import sys
-
-                print(f"runstore: could not close run {run.alternative_name}: {exc}",
-                      file=sys.stderr)
-
-
-def _after_fork_in_child() -> None:
-    global _exit_installed
-    _exit_installed = False
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
