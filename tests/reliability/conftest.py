@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,10 @@ def token(server: ServerProcess) -> str:
 def home(isolated_env: Path) -> Path:
     isolated_env.mkdir(parents=True, exist_ok=True)
     return isolated_env
+
+
+@pytest.fixture
+def config_dir() -> Path:
+    path = Path(os.environ["RUNSTORE_CONFIG_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
