@@ -17,6 +17,7 @@ from typing import Any
 from runstore.config import check_conflict_strategy
 from runstore.errors import PermanentRemoteError, RunstoreError
 from runstore.remote.client import Client
+from runstore.run import remote_history
 from runstore.store import Store
 from runstore.timeutil import now_iso
 
@@ -138,13 +139,6 @@ def _artifact_row(store: Store, artifact_uuid: str):
     return rows[0]
 
 
-def _history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
-    return [{"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
-             "path": r["path"], "id": r["remote_id"]}
-            for r in store.read("SELECT * FROM remote_history WHERE entity = ? AND "
-                                "entity_uuid = ? ORDER BY id", (entity, entity_uuid))]
-
-
 def push_artifact(client: Client, store: Store, artifact_uuid: str, folder_path: str,
                   strategy: str, tally: _Tally) -> dict[str, Any]:
     """Blobs the server lacks, then the artifact claim (metadata + objects)."""
@@ -167,7 +161,7 @@ def push_artifact(client: Client, store: Store, artifact_uuid: str, folder_path:
         "folder": folder_path, "conflict_strategy": strategy,
         "metadata": {"labels": json.loads(art["labels"]), "description": art["description"],
                      "created_timestamp": art["created_timestamp"],
-                     "remote": _history(store, "artifact", art["uuid"]) + [record]},
+                     "remote": remote_history(store, "artifact", art["uuid"]) + [record]},
         "objects": objects})
 
 
@@ -180,7 +174,7 @@ def _run_row(store: Store, run_uuid: str):
 
 
 def _run_metadata(store: Store, run, record: dict[str, Any] | None) -> dict[str, Any]:
-    history = _history(store, "run", run["uuid"]) + ([record] if record else [])
+    history = remote_history(store, "run", run["uuid"]) + ([record] if record else [])
     return {"labels": json.loads(run["labels"]), "description": run["description"],
             "status": run["status"], "start_timestamp": run["start_timestamp"],
             "end_timestamp": run["end_timestamp"], "hparams": json.loads(run["hparams"]),
@@ -303,6 +297,13 @@ def _mark_done(store: Store, run_uuid: str, remote_path: str, acked: int, client
     from runstore import syncstate
 
     with store.write() as conn:
+        if history:
+            # The run may have been re-opened (load_run) and logged more while we uploaded:
+            # then what the server acknowledged is not all of it, and it stays pending.
+            status, count = conn.execute("SELECT status, metric_count FROM runs WHERE uuid = ?",
+                                         (run_uuid,)).fetchone()
+            if status == "Running" or count != acked:
+                return
         syncstate.mark_synced(conn, run_uuid, remote_path, acked)
         if history:
             conn.execute(
