@@ -18,6 +18,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check runstore syncd tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup

@@ -269,7 +269,7 @@ def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
 
     Raises ValueError naming the first bad row. Cheap enough for the hot path.
     """
-    out = []
+    out: list[tuple] = []
     append = out.append
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != 6:

@@ -351,7 +351,7 @@ class Run:
             conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*columns.values(), self.id))
             if assoc is not None:
                 conn.execute("DELETE FROM associations WHERE run_id = ?", (self.id,))
-                positions = collections.Counter()
+                positions: collections.Counter[str] = collections.Counter()
                 for direction, entry, artifact_id in entries:
                     conn.execute(
                         "INSERT INTO associations (run_id, direction, position, kind, "

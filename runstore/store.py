@@ -265,7 +265,8 @@ class Store:
 
 def _split_sql(script: str) -> list[str]:
     """Split a migration script into statements (triggers contain ';' inside BEGIN..END)."""
-    statements, current = [], []
+    statements: list[str] = []
+    current: list[str] = []
     for line in script.splitlines():
         if not current and (not line.strip() or line.strip().startswith("--")):
             continue

@@ -3,10 +3,16 @@ runstore.remote, whose errors become one-line click errors."""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import click
 
 from runstore.cli.base import main
 from runstore.config import CONFLICT_STRATEGIES
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar  # click's own annotations import it from here
 
 PROGRESS_MIN_UNITS = 1_000_000  # show a bar when an upload moves more than this many units
 
@@ -40,7 +46,7 @@ class _Bar:
     """A click progress bar that appears only for large uploads."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: ProgressBar[int] | None = None
         self.shown = 0
 
     def __call__(self, done: int, total: int) -> None:
@@ -48,7 +54,7 @@ class _Bar:
             if total < PROGRESS_MIN_UNITS:
                 return
             self.bar = click.progressbar(length=total, label="uploading",
-                                         file=click.get_text_stream("stderr"))
+                                         file=sys.stderr)
             self.bar.__enter__()
         self.bar.length = max(self.bar.length or 0, total)
         if done > self.shown:

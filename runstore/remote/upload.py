@@ -185,8 +185,13 @@ def _run_metadata(store: Store, run, record: dict[str, Any] | None) -> dict[str,
 _NONFINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
 
 
+def _resend(body: bytes) -> Callable[[], bytes]:
+    """A body factory that sends the same bytes on every attempt."""
+    return lambda: body
+
+
 def _metric_body(offset: int, rows: list[tuple]) -> bytes:
-    wire = []
+    wire: list[list[Any]] = []
     append = wire.append
     for r in rows:
         v = r[4]
@@ -217,7 +222,7 @@ def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, e
         body = _metric_body(server_count, rows)
         del rows
         try:
-            ack = client.request("PUT", f"/runs/{run_uuid}/metrics", content=lambda b=body: b,
+            ack = client.request("PUT", f"/runs/{run_uuid}/metrics", content=_resend(body),
                                  headers={"Content-Type": "application/json"})
         except PermanentRemoteError as exc:
             if exc.status_code != 409 or gaps >= 3:

@@ -12,6 +12,7 @@ Two guards wrap every route, in a plain ASGI middleware so that no route can ski
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ PUBLIC_PATHS = frozenset({f"{API}/health", f"{API}/openapi.json", f"{API}/docs"}
 UPLOAD_PREFIX = f"{API}/uploads/"
 
 
-def _json(status: int, detail: str, code: str, headers: dict | None = None) -> JSONResponse:
+def _json(status: int, detail: str, code: str,
+          headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 

@@ -54,8 +54,8 @@ def add_user(database: db.Database, name: str) -> str:
     with database.write() as conn:
         if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first():
             raise UserExists(f"user {name!r} already exists. Try: runstore user token {name}")
-        user_id = conn.execute(
-            db.users.insert().values(name=name, created_at=time.time())).inserted_primary_key[0]
+        user_id = db.insert_returning_id(
+            conn, db.users.insert().values(name=name, created_at=time.time()))
         return _new_token(conn, user_id, name)
 
 

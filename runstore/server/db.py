@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
 
@@ -206,6 +207,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA busy_timeout = 30000")
     cur.close()
+
+
+def insert_returning_id(conn: Connection, statement: Insert) -> int:
+    """Execute a single-row INSERT; return the new row's primary key."""
+    key = conn.execute(statement).inserted_primary_key
+    if key is None:  # only for executemany, which a single-row insert never is
+        raise RuntimeError("the database returned no primary key for a single-row insert")
+    return int(key[0])
 
 
 def insert_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tuple]) -> None:

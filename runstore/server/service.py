@@ -76,9 +76,8 @@ def ensure_folder(conn: Connection, user: User, path: str, make_parents: bool) -
         if row is None:
             if not allowed:
                 raise NotFound(f"Folder {path} does not exist. Try: make_folder=True (-m)")
-            parent_id = conn.execute(db.folders.insert().values(
-                owner_id=user.id, path=sub, parent_id=parent_id, created_at=time.time())
-            ).inserted_primary_key[0]
+            parent_id = db.insert_returning_id(conn, db.folders.insert().values(
+                owner_id=user.id, path=sub, parent_id=parent_id, created_at=time.time()))
             created = True
         else:
             if row.owner_id != user.id:  # cannot happen for a checked root, but never trust it
@@ -114,7 +113,7 @@ def _delete_node(conn: Connection, kind: str, node_id: int) -> None:
 
 
 def _decide(conn: Connection, folder, name: str, alternative_name: str,
-            strategy: str) -> tuple[str, str | None]:
+            strategy: p.ConflictStrategy) -> tuple[p.ClaimOutcome, str | None]:
     """(outcome, node name to store under or None for skipped); raises NameConflict."""
     existing = _node(conn, folder.id, name)
     if existing is None:
@@ -268,13 +267,14 @@ def missing_blobs(conn: Connection, user: User, shas: list[str]) -> list[str]:
 def claim_artifact(conn: Connection, user: User, claim: p.ArtifactClaim) -> p.ClaimResponse:
     _check_names(claim.uuid, claim.name, claim.alternative_name)
     _own_parts(user, claim.folder, writing=True)
-    objects = []
-    seen = set()
+    objects: list[p.ArtifactObject] = []
+    file_shas: list[str] = []
+    seen: set[str] = set()
     for obj in claim.objects:
         try:
             check_object_path(obj.path)
             if obj.kind == "file":
-                check_sha256(obj.sha256)
+                file_shas.append(check_sha256(obj.sha256))
         except BadPath as exc:
             raise _bad(exc) from None
         if obj.path in seen:
@@ -283,7 +283,7 @@ def claim_artifact(conn: Connection, user: User, claim: p.ArtifactClaim) -> p.Cl
             raise Invalid(f"object {obj.path!r}: a file has a sha256, a reference a uri")
         seen.add(obj.path)
         objects.append(obj)
-    missing = missing_blobs(conn, user, [o.sha256 for o in objects if o.kind == "file"])
+    missing = missing_blobs(conn, user, file_shas)
     if missing:
         raise Conflict(f"upload these blobs first: {', '.join(missing[:5])}"
                        + (" ..." if len(missing) > 5 else ""))
@@ -293,6 +293,7 @@ def claim_artifact(conn: Connection, user: User, claim: p.ArtifactClaim) -> p.Cl
         existing = _artifact_row(conn, user, claim.uuid)
     except NotFound:
         existing = None
+    outcome: p.ClaimOutcome
     if existing is not None:
         outcome, art_id = "resumed", existing.id
         remote_path = f"{existing.folder_path}/{existing.name}"
@@ -304,12 +305,12 @@ def claim_artifact(conn: Connection, user: User, claim: p.ArtifactClaim) -> p.Cl
         remote_path = f"{folder.path}/{node_name or claim.name}"
         if node_name is None:
             return p.ClaimResponse(outcome=outcome, uuid=claim.uuid, remote_path=remote_path)
-        art_id = conn.execute(db.artifacts.insert().values(
+        art_id = db.insert_returning_id(conn, db.artifacts.insert().values(
             owner_id=user.id, uuid=claim.uuid, folder_id=folder.id, name=node_name,
             artifact_name=claim.name, alternative_name=claim.alternative_name,
             labels=_dumps(meta.labels), description=meta.description,
             created_timestamp=meta.created_timestamp, remote=_dumps(meta.remote),
-            created_at=time.time())).inserted_primary_key[0]
+            created_at=time.time()))
     if objects:
         conn.execute(db.artifact_objects.insert(), [
             {"artifact_id": art_id, "path": o.path, "kind": o.kind, "sha256": o.sha256,
