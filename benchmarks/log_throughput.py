@@ -104,7 +104,8 @@ def main() -> None:
     print(f"log_throughput: {args.calls:,} log() calls x {args.keys} keys = {points:,} points")
     print(f"  log() per call      p50 {ours['p50_us']:.2f} us   p99 {ours['p99_us']:.2f} us   "
           f"mean {ours['mean_us']:.2f} us   (target p50 <= 5 us)")
-    print(f"  runstore end to end {ours['total_s']:.3f} s   {points / ours['total_s']:,.0f} points/s")
+    print(f"  runstore end to end {ours['total_s']:.3f} s   "
+          f"{points / ours['total_s']:,.0f} points/s")
     print(f"  raw sqlite3 limit   {raw_s:.3f} s   {points / raw_s:,.0f} points/s")
     print(f"  ratio runstore/raw  {ours['total_s'] / raw_s:.2f}x   (target <= 1.5x)")
     print(f"  RSS after 10k points {ours['rss_10k']:.1f} MB, after {points:,}: "
