@@ -4,8 +4,9 @@ syncd imports runstore; runstore never imports syncd. Upload logic lives in runs
 syncd decides when and how often.
 """
 
-from syncd.daemon import PassResult, Syncer, run_forever
+from syncd.daemon import PassResult, Syncer
 from syncd.errors import AlreadyRunningError, ServiceError, SettingsError, SyncError
+from syncd.loop import run_forever
 from syncd.settings import Settings, load_settings
 
 __all__ = [

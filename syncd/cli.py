@@ -19,7 +19,7 @@ import click
 
 from runstore import syncstate
 from runstore.errors import RunstoreError
-from syncd import daemon, lock, logs, service
+from syncd import daemon, lock, logs, loop, service
 from syncd.errors import SyncError
 from syncd.settings import Settings, load_settings
 
@@ -95,7 +95,7 @@ def run_cmd(**flags: Any) -> None:
     # `kill -USR1 <pid>` prints every thread's stack to the journal: a hung upload is visible.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     with lock.acquire(settings.home):
-        code = daemon.run_forever(settings)
+        code = loop.run_forever(settings)
     sys.exit(code)
 
 

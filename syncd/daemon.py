@@ -1,17 +1,16 @@
-"""The daemon: find finished runs not yet on the server and upload each through runstore.remote.
+"""The syncer: find finished runs not yet on the server and upload each through runstore.remote.
 
-The loop (:func:`run_forever`) only decides *when*: it wakes on store changes (see watch.py),
-on a worker finishing, on the next scheduled retry, or on a slow fallback tick, and each time
-calls :meth:`Syncer.sync_once`. *How* a run is uploaded is ``runstore.remote.upload_run``'s
-business; exactly-once rests on its protocol (claim by UUID, offset chunks, finalize) and on the
-'synced' mark it writes only after the server acknowledged finalize.
+The loop (:func:`syncd.loop.run_forever`) only decides *when*: it wakes on store changes
+(see watch.py), on a worker finishing, on the next scheduled retry, or on a slow fallback tick,
+and each time calls :meth:`Syncer.sync_once`. *How* a run is uploaded is
+``runstore.remote.upload_run``'s business; exactly-once rests on its protocol (claim by UUID,
+offset chunks, finalize) and on the 'synced' mark it writes only after the server acknowledged
+finalize.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sqlite3
 import threading
 import time
@@ -30,7 +29,6 @@ from runstore.errors import (
     TransientRemoteError,
 )
 from runstore.store import Store, reap_dead_runs
-from syncd.notify import Notifier
 from syncd.schedule import Backoff, ServerHealth
 from syncd.settings import Settings
 
@@ -40,8 +38,6 @@ SDK_DEFAULT_TARGET = {"folder": "default", "make_folder": False, "conflict_strat
 # Uploads still running this long after SIGTERM are abandoned (they resume on restart);
 # systemd's default stop timeout is far longer, our promise is 5 s.
 SHUTDOWN_GRACE_S = 3.5
-# A burst of commits (a run finishing flushes, then updates its status) wakes us once.
-COALESCE_S = 0.02
 # Per-request retries inside the client before it gives up and we schedule the run.
 CLIENT_MAX_ATTEMPTS = 3
 CLIENT_MAX_BACKOFF_S = 5.0
@@ -89,20 +85,21 @@ def target_for(entry: Any, settings: Settings) -> dict[str, Any]:
     return {k: (configured[k] if own[k] == SDK_DEFAULT_TARGET[k] else own[k]) for k in own}
 
 
-def check_logged_in(settings: Settings) -> None:
-    """Raise NotLoggedInError (with the fix) unless a server host and token are configured."""
+def check_logged_in(settings: Settings) -> tuple[str, str]:
+    """The configured (host, token); NotLoggedInError (with the fix) if either is missing."""
     if not (settings.host and settings.token):
         raise NotLoggedInError(
             "no server configured for syncd. Try: `runstore login --host URL --token TOKEN` "
             "as the user the service runs as, or set RUNSTORE_SERVER and RUNSTORE_TOKEN.")
+    return settings.host, settings.token
 
 
 def default_client_factory(settings: Settings, sleep: Callable[[float], None]) -> Any:
     """A runstore.remote.Client for the configured server (imported lazily)."""
     from runstore.remote import Client
 
-    check_logged_in(settings)
-    return Client(settings.host, settings.token, timeout_s=settings.timeout_s,
+    host, token = check_logged_in(settings)
+    return Client(host, token, timeout_s=settings.timeout_s,
                   max_attempts=CLIENT_MAX_ATTEMPTS, max_backoff_s=CLIENT_MAX_BACKOFF_S,
                   sleep=sleep)
 
@@ -259,7 +256,8 @@ class Syncer:
     def _call_upload(self, uuid: str, **target: Any) -> Any:
         upload = self._upload
         if upload is None:
-            from runstore.remote import upload_run as upload
+            from runstore.remote import upload_run
+            upload = upload_run
         return upload(self.store, uuid, self._client(), progress=self._progress, **target)
 
     def _sync_run(self, entry: syncstate.SyncEntry) -> None:
@@ -400,80 +398,3 @@ class Syncer:
                     except Exception:  # closing is best effort at exit
                         log.debug("closing a client failed", exc_info=True)
         return done
-
-
-def status_line(store: Store, health: ServerHealth) -> str:
-    """The STATUS= text for systemd: queue figures and the server's state."""
-    c = syncstate.counts(store)
-    text = (f"pending {c['pending']}, uploading {c['uploading']}, synced {c['synced']}, "
-            f"failed {c['failed']}, running {c['running']}; server {health.state}")
-    if health.state == "down":
-        text += f" (next probe in {max(0, health.probe_at - time.time()):.0f}s)"
-    return text
-
-
-def run_forever(settings: Settings, *, notifier: Notifier | None = None,
-                install_signals: bool = True,
-                client_factory: Callable[..., Any] | None = None) -> int:
-    """The foreground daemon: watch, sync, repeat until SIGTERM/SIGINT. Returns an exit code.
-
-    The caller holds the store's lock.
-    """
-    from syncd.watch import StoreWatcher
-
-    notifier = notifier or Notifier.from_env()
-    store = Store(settings.home)
-    wake = threading.Event()
-    syncer = Syncer(store, settings, wake=wake, client_factory=client_factory)
-    if client_factory is None:
-        check_logged_in(settings)  # fail at start, not at the first finished run
-
-    def on_signal(signum: int, frame: Any) -> None:
-        syncer.stop.set()
-        wake.set()
-
-    if install_signals:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
-    watcher = StoreWatcher(settings.home, wake)
-    watcher.start()
-    log.info("syncd %s watching %s, uploading to %s (concurrency %d, %s)", os.getpid(),
-             settings.home, settings.host, settings.concurrency,
-             "auto_upload runs only" if settings.only_auto_upload else "all finished runs")
-    last_status = ""
-    last_ping = 0.0
-    ready = False
-    try:
-        while not syncer.stop.is_set():
-            wake.clear()
-            syncer.sync_once(wait=False)
-            syncer.take_results()  # the daemon logs as it goes; results matter for `once`
-            status = status_line(store, syncer.health)
-            if not ready:
-                notifier.ready(status)
-                ready = True
-            elif status != last_status:
-                notifier.status(status)
-            last_status = status
-            timeout = syncer.next_wakeup(time.time())
-            if notifier.watchdog_interval_s:
-                mono = time.monotonic()
-                if mono - last_ping >= notifier.watchdog_interval_s / 2:
-                    notifier.watchdog()
-                    last_ping = mono
-                timeout = min(timeout, notifier.watchdog_interval_s / 2)
-            if wake.wait(timeout) and not syncer.stop.is_set():
-                syncer.stop.wait(COALESCE_S)
-    finally:
-        notifier.stopping("stopping")
-        log.info("stopping: %d upload(s) in flight", syncer.inflight())
-        watcher.stop()
-        clean = syncer.shutdown()
-        if not clean:
-            log.warning("uploads still in flight were abandoned; they resume on restart")
-            logging.shutdown()
-            os._exit(0)  # worker threads stuck in a request must not hold up the exit
-        store.close()
-    log.info("stopped")
-    return 0
