@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from runstore import protocol as p
-from runstore.server import service
+from runstore.server import artifacts, reads, service
 from runstore.server.auth import AuthError, User, authenticate
 from runstore.server.blobs import BlobStore
 from runstore.server.db import Database
@@ -163,15 +163,15 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
 
     @app.get(f"{API}/folders/{{path:path}}", response_model=p.FolderListing)
     def get_folder(request: Request, path: str) -> p.FolderListing:
-        return read(service.list_folder, _user(request), "/" + path)
+        return read(reads.list_folder, _user(request), "/" + path)
 
     @app.get(f"{API}/resolve", response_model=p.ResolvedNode)
     def resolve(request: Request, path: str = Query(max_length=4096)) -> p.ResolvedNode:
-        return read(service.resolve, _user(request), path)
+        return read(reads.resolve, _user(request), path)
 
     @app.get(f"{API}/runs", response_model=list[p.NodeSummary])
     def list_runs(request: Request) -> list[p.NodeSummary]:
-        return read(service.list_runs, _user(request))
+        return read(reads.list_runs, _user(request))
 
     @app.post(f"{API}/runs/claim", response_model=p.ClaimResponse)
     def claim_run(request: Request, body: p.RunClaim) -> p.ClaimResponse:
@@ -180,7 +180,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     @app.get(f"{API}/runs/{{uuid}}", response_model=p.RunDetail)
     def get_run(request: Request, uuid: str) -> p.RunDetail:
         _checked(check_uuid, uuid)
-        return read(service.run_detail, _user(request), uuid)
+        return read(reads.run_detail, _user(request), uuid)
 
     @app.put(f"{API}/runs/{{uuid}}/metrics", response_model=p.MetricAck,
              openapi_extra={"requestBody": {"content": {"application/json": {
@@ -204,7 +204,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
                     limit: int = Query(10_000, ge=1, le=p.MAX_METRIC_CHUNK_ROWS),
                     type: str | None = None, key: str | None = None) -> p.MetricPage:
         _checked(check_uuid, uuid)
-        return read(service.metric_page, _user(request), uuid, offset, limit, type, key)
+        return read(reads.metric_page, _user(request), uuid, offset, limit, type, key)
 
     @app.put(f"{API}/runs/{{uuid}}/lineage", response_model=p.Lineage)
     def put_lineage(request: Request, uuid: str, body: p.Lineage) -> p.Lineage:
@@ -218,13 +218,13 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
 
     @app.post(f"{API}/blobs/missing", response_model=p.BlobMissing)
     def blobs_missing(request: Request, body: p.BlobQuery) -> p.BlobMissing:
-        return p.BlobMissing(missing=read(service.missing_blobs, _user(request), body.sha256))
+        return p.BlobMissing(missing=read(artifacts.missing_blobs, _user(request), body.sha256))
 
     @app.get(f"{API}/blobs/{{sha256}}")
     def get_blob(request: Request, sha256: str):
         _checked(check_sha256, sha256)
         path = blob_store.path(sha256)
-        if not read(service.may_read_blob, _user(request), sha256) or not path.exists():
+        if not read(artifacts.may_read_blob, _user(request), sha256) or not path.exists():
             raise HTTPException(404, f"blob {sha256} not found")
         return FileResponse(path, media_type="application/octet-stream")
 
@@ -243,12 +243,12 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
 
     @app.post(f"{API}/artifacts/claim", response_model=p.ClaimResponse)
     def claim_artifact(request: Request, body: p.ArtifactClaim) -> p.ClaimResponse:
-        return write(service.claim_artifact, _user(request), body)
+        return write(artifacts.claim_artifact, _user(request), body)
 
     @app.get(f"{API}/artifacts/{{uuid}}", response_model=p.ArtifactDetail)
     def get_artifact(request: Request, uuid: str) -> p.ArtifactDetail:
         _checked(check_uuid, uuid)
-        return read(service.artifact_detail, _user(request), uuid)
+        return read(artifacts.artifact_detail, _user(request), uuid)
 
     return app
 
