@@ -102,14 +102,20 @@ class RunMetadata(Message):
     remote: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class RunClaim(Message):
-    """Claim a run by its client UUID; the server decides the outcome atomically."""
+class NodeClaim(Message):
+    """What a run claim and an artifact claim share: the client UUID, the names, the folder and
+    what to do when the name is taken. The server decides the outcome atomically."""
 
     uuid: str = Field(min_length=1, max_length=64)
     name: str = Field(max_length=4096)
     alternative_name: str = Field(max_length=4096)
     folder: str = Field(max_length=4096)
     conflict_strategy: ConflictStrategy
+
+
+class RunClaim(NodeClaim):
+    """Claim a run by its client UUID; the server decides the outcome atomically."""
+
     metadata: RunMetadata
 
 
@@ -214,12 +220,7 @@ class ArtifactMetadata(Message):
     remote: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class ArtifactClaim(Message):
-    uuid: str = Field(min_length=1, max_length=64)
-    name: str = Field(max_length=4096)
-    alternative_name: str = Field(max_length=4096)
-    folder: str = Field(max_length=4096)
-    conflict_strategy: ConflictStrategy
+class ArtifactClaim(NodeClaim):
     metadata: ArtifactMetadata
     objects: list[ArtifactObject]
 
