@@ -42,11 +42,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from tests.tcp_proxy import Pump, TCPProxy, close_quietly, reset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import sys; from runstore.cli import main; sys.exit(main())"]
@@ -202,141 +203,17 @@ class _Fault:
         self.kind, self.pattern, self.times, self.after_bytes = kind, pattern, times, after_bytes
 
 
-class FaultProxy:
-    """A real TCP proxy on 127.0.0.1 that forwards to a target port and injects faults."""
+class _Connection(Pump):
+    """One proxied connection: faults decided per request start; a fault resets both ends."""
 
-    def __init__(self, target_port: int, *, target_host: str = "127.0.0.1",
-                 port: int | None = None) -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", port or 0))
-        self._listener.listen(64)
-        self.port = self._listener.getsockname()[1]
-        self._faults: list[_Fault] = []
-        self._lock = threading.Lock()
-        self._refuse = False
-        self._closed = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self.faults_triggered = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="faultproxy",
-                                        daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def lose_response(self, pattern: bytes, times: int = 1) -> None:
-        with self._lock:
-            self._faults.append(_Fault("lose_response", pattern, times))
-
-    def cut_request(self, pattern: bytes, after_bytes: int, times: int = 1) -> None:
-        with self._lock:
-            self._faults.append(_Fault("cut_request", pattern, times, after_bytes))
-
-    def refuse_connections(self, refuse: bool = True) -> None:
-        self._refuse = refuse
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, data: bytes) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.times > 0 and fault.pattern in data:
-                    fault.times -= 1
-                    self.faults_triggered += 1
-                    return fault
-        return None
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._refuse:
-                _reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                _reset(client)
-                continue
-            upstream.settimeout(None)
-            conn = _Connection(self, client, upstream)
-            with self._lock:
-                self._sockets.update((client, upstream))
-            conn.start()
-
-    def stop(self) -> None:
-        self._closed.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() (close alone does not)
-        except OSError:
-            pass
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        with self._lock:
-            socks = list(self._sockets)
-            self._sockets.clear()
-        for s in socks:
-            _close(s)
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), as a crashed peer or a middlebox would."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        # SHUT_RD wakes the other pump thread blocked in recv() without sending a FIN.
-        sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass
-    _close(sock)
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-class _Connection:
-    """One proxied connection: two pump threads, faults decided per request start."""
+    proxy: FaultProxy
 
     def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket):
-        self.proxy, self.client, self.upstream = proxy, client, upstream
+        super().__init__(proxy, client, upstream)
         self.doomed_response = False
         self.cut_after: int | None = None
-        self.dead = threading.Event()
 
-    def start(self) -> None:
-        threading.Thread(target=self._pump_up, daemon=True, name="faultproxy-up").start()
-        threading.Thread(target=self._pump_down, daemon=True, name="faultproxy-down").start()
-
-    def _kill(self) -> None:
-        if not self.dead.is_set():
-            self.dead.set()
-            _reset(self.client)
-            _reset(self.upstream)
-
-    def _pump_up(self) -> None:
+    def _up(self) -> None:
         sent_in_request = 0
         try:
             while not self.dead.is_set():
@@ -344,7 +221,7 @@ class _Connection:
                 if not data:
                     break
                 if self.cut_after is None and not self.doomed_response:
-                    fault = self.proxy._take_fault(data)
+                    fault = self.proxy._take(data)
                     if fault is not None and fault.kind == "lose_response":
                         self.doomed_response = True
                     elif fault is not None:
@@ -362,7 +239,7 @@ class _Connection:
             pass
         self._kill()
 
-    def _pump_down(self) -> None:
+    def _down(self) -> None:
         try:
             while not self.dead.is_set():
                 data = self.upstream.recv(65536)
@@ -375,3 +252,37 @@ class _Connection:
         except OSError:
             pass
         self._kill()
+
+
+class FaultProxy(TCPProxy):
+    """A real TCP proxy on 127.0.0.1 that forwards to a target port and injects faults."""
+
+    pump = _Connection
+    thread_name = "faultproxy"
+    hang_up = staticmethod(reset)
+    close_at_stop = staticmethod(close_quietly)
+
+    def __init__(self, target_port: int, *, target_host: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        super().__init__(target_port, target_host=target_host, port=port)
+        self.faults_triggered = 0
+
+    def start(self) -> FaultProxy:
+        super().start()
+        return self
+
+    def lose_response(self, pattern: bytes, times: int = 1) -> None:
+        self._add(_Fault("lose_response", pattern, times))
+
+    def cut_request(self, pattern: bytes, after_bytes: int, times: int = 1) -> None:
+        self._add(_Fault("cut_request", pattern, times, after_bytes))
+
+    def refuse_connections(self, refuse: bool = True) -> None:
+        self._refuse = refuse
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _fired(self, rule: _Fault) -> None:
+        self.faults_triggered += 1

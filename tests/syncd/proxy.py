@@ -5,9 +5,10 @@ daemon dies" (a callback between the server's commit and the client seeing the a
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from tests.tcp_proxy import Pump, TCPProxy
 
 
 @dataclass
@@ -25,105 +26,12 @@ _REASONS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Ga
             503: "Service Unavailable", 404: "Not Found"}
 
 
-class ChaosProxy:
-    """127.0.0.1:<port> -> target; rules fire on the first bytes of a matching request."""
+class _Pair(Pump):
+    proxy: ChaosProxy
 
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._rules: list[Rule] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._socks: set[socket.socket] = set()
-        self.triggered: list[str] = []
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def answer(self, pattern: bytes, status: int, times: int = 1,
-               headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """Answer matching requests with ``status`` without forwarding them."""
-        self._add(Rule("answer", pattern, times, status, headers))
-
-    def hang(self, pattern: bytes, times: int = 1) -> None:
-        """Swallow matching requests and never answer (until the client gives up)."""
-        self._add(Rule("hang", pattern, times))
-
-    def on_response(self, pattern: bytes, callback: Callable[[], None], times: int = 1) -> None:
-        """Forward; when the server's answer arrives, run ``callback`` and drop the answer."""
-        self._add(Rule("on_response", pattern, times, callback=callback))
-
-    def pending_rules(self) -> int:
-        with self._lock:
-            return sum(r.times for r in self._rules)
-
-    def _add(self, rule: Rule) -> None:
-        with self._lock:
-            self._rules.append(rule)
-
-    def _take(self, data: bytes) -> Rule | None:
-        with self._lock:
-            for rule in self._rules:
-                if rule.times > 0 and rule.pattern in data:
-                    rule.times -= 1
-                    self.triggered.append(rule.kind)
-                    return rule
-        return None
-
-    def start(self) -> ChaosProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._closed.set()
-        _close(self._listener)
-        with self._lock:
-            socks = list(self._socks)
-        for s in socks:
-            _close(s)
-        self._thread.join(5)
-
-    def __enter__(self) -> ChaosProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-                upstream.settimeout(None)
-            except OSError:
-                _close(client)
-                continue
-            with self._lock:
-                self._socks.update((client, upstream))
-            _Pair(self, client, upstream).start()
-
-
-class _Pair:
     def __init__(self, proxy: ChaosProxy, client: socket.socket, upstream: socket.socket):
-        self.proxy, self.client, self.upstream = proxy, client, upstream
+        super().__init__(proxy, client, upstream)
         self.doomed: Rule | None = None
-        self.dead = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._up, daemon=True).start()
-        threading.Thread(target=self._down, daemon=True).start()
-
-    def _kill(self) -> None:
-        if not self.dead.is_set():
-            self.dead.set()
-            _close(self.client)
-            _close(self.upstream)
 
     def _up(self) -> None:
         try:
@@ -195,14 +103,36 @@ class _Pair:
         self._kill()
 
 
-def _close(sock: socket.socket) -> None:
-    # shutdown() first: it wakes a thread blocked in recv()/accept() on this socket and sends
-    # the FIN now (close() alone does neither while another thread is inside a call on it).
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+class ChaosProxy(TCPProxy):
+    """127.0.0.1:<port> -> target; rules fire on the first bytes of a matching request."""
+
+    pump = _Pair
+    thread_name = "chaosproxy"
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.triggered: list[str] = []
+
+    def answer(self, pattern: bytes, status: int, times: int = 1,
+               headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer matching requests with ``status`` without forwarding them."""
+        self._add(Rule("answer", pattern, times, status, headers))
+
+    def hang(self, pattern: bytes, times: int = 1) -> None:
+        """Swallow matching requests and never answer (until the client gives up)."""
+        self._add(Rule("hang", pattern, times))
+
+    def on_response(self, pattern: bytes, callback: Callable[[], None], times: int = 1) -> None:
+        """Forward; when the server's answer arrives, run ``callback`` and drop the answer."""
+        self._add(Rule("on_response", pattern, times, callback=callback))
+
+    def pending_rules(self) -> int:
+        with self._lock:
+            return sum(r.times for r in self._rules)
+
+    def start(self) -> ChaosProxy:
+        super().start()
+        return self
+
+    def _fired(self, rule: Rule) -> None:
+        self.triggered.append(rule.kind)
