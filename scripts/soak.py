@@ -6,7 +6,8 @@ Runs examples of the state machine (each a fresh server, store, daemon and train
 with SIGKILLs, lost answers, 5xx/429, name conflicts, then healing and the set check) until the
 time is up, and prints the figures: examples, steps, faults injected by kind, runs/rows/blob
 bytes checked, lost/duplicated/unexpected. Exit status 1 at the first failing example (its
-files are kept and named). RUNSTORE_SOAK_MINUTES sets the default duration.
+files are kept and named). RUNSTORE_SOAK_MINUTES sets the default duration; SIGTERM stops it
+after the batch in progress, with the figures.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,11 +47,14 @@ def main() -> int:
     from tests.reliability.test_model import ChainMachine, machine_settings
 
     ChainMachine.base_dir = work
+    stop = []
+    # SIGTERM: finish the example in progress (heal, set check), then report.
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     started = time.monotonic()
     deadline = started + args.minutes * 60
     batches = 0
     failure = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop:
         try:
             run_state_machine_as_test(ChainMachine, settings=machine_settings(
                 args.examples_per_batch, args.steps))

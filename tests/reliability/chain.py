@@ -160,6 +160,20 @@ class Chain:
             return
         if daemon.proc.poll() is None:
             os.kill(daemon.proc.pid, signal.SIGKILL)
+            FIGURES["daemon_sigkills_after_commit"] += 1
+
+    def kill_server_now(self) -> None:
+        """From the proxy thread: SIGKILL the server the instant it answered (it committed).
+        Only the signal: the main thread sees it gone (running() is False) and restarts it."""
+        proc = self.server.proc
+        if not self.healing and proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            FIGURES["server_sigkills_after_commit"] += 1
+
+    @staticmethod
+    def lose_answer() -> None:
+        """From the proxy thread: the server committed; its answer is dropped."""
+        FIGURES["lost_responses"] += 1
 
     def close(self) -> None:
         if self.daemon is not None:
@@ -188,7 +202,7 @@ class Chain:
             self.start_daemon()
 
         def idle() -> bool:
-            local = read_local(self.home)
+            local = read_local(self.home, with_rows=False)
             return all(r["status"] != "Running" and r["state"] in ("synced", "failed")
                        for r in local["runs"].values())
 
@@ -201,7 +215,7 @@ class Chain:
 
 
 def _states(home: Path) -> str:
-    local = read_local(home)
+    local = read_local(home, with_rows=False)
     return "\n".join(f"{u[:8]} {r['name']} {r['status']} {r['state']} {r['last_error']}"
                      for u, r in local["runs"].items())
 
@@ -211,23 +225,33 @@ def _ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
 
 
-def read_local(home: Path) -> dict[str, Any]:
-    """Runs (with rows, sync state, outputs), artifacts and their objects of the local store."""
+ROWS_SQL = "SELECT seq, type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ?"
+
+
+def _wants(with_rows: bool | set[str], uuid: str) -> bool:
+    return with_rows if isinstance(with_rows, bool) else uuid in with_rows
+
+
+def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
+    """Runs (with sync state, outputs, row count and, if asked, rows), artifacts and their
+    objects of the local store."""
     conn = _ro(home / "runstore.db")
     try:
         runs: dict[str, dict[str, Any]] = {}
         for rid, uuid, name, alt, status, state, err in conn.execute(
                 "SELECT r.id, r.uuid, r.name, r.alternative_name, r.status, s.state, "
                 "s.last_error FROM runs r LEFT JOIN sync_state s ON s.run_id = r.id"):
-            rows = conn.execute("SELECT seq, type, key, step, epoch, value, timestamp "
-                                "FROM metrics WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()
+            n_rows = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?",
+                                  (rid,)).fetchone()[0]
+            rows = (conn.execute(ROWS_SQL + " ORDER BY seq", (rid,)).fetchall()
+                    if _wants(with_rows, uuid) else None)
             outputs = [u for (u,) in conn.execute(
                 "SELECT ar.uuid FROM associations a JOIN artifacts ar ON ar.id = a.artifact_id "
                 "WHERE a.run_id = ? ORDER BY a.direction, a.position", (rid,))]
             n_assoc = conn.execute("SELECT COUNT(*) FROM associations WHERE run_id = ?",
                                    (rid,)).fetchone()[0]
             runs[uuid] = {"name": name, "alternative_name": alt, "status": status,
-                          "state": state, "last_error": err, "rows": rows,
+                          "state": state, "last_error": err, "rows": rows, "n_rows": n_rows,
                           "artifacts": outputs, "associations": n_assoc}
         artifacts: dict[str, list[tuple]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts"):
@@ -239,7 +263,8 @@ def read_local(home: Path) -> dict[str, Any]:
     return {"runs": runs, "artifacts": artifacts}
 
 
-def read_server(data_dir: Path, user: str = USER) -> dict[str, Any]:
+def read_server(data_dir: Path, with_rows: bool | set[str] = True,
+                user: str = USER) -> dict[str, Any]:
     """The user's runs on the server (a list of copies per UUID, so duplicates show)."""
     conn = _ro(data_dir / "server.db")
     try:
@@ -249,8 +274,10 @@ def read_server(data_dir: Path, user: str = USER) -> dict[str, Any]:
                 "SELECT r.id, r.uuid, r.name, f.path, r.status, r.metric_count, r.complete "
                 "FROM runs r JOIN folders f ON f.id = r.folder_id WHERE r.owner_id = ?",
                 (owner,)):
-            rows = conn.execute("SELECT seq, type, key, step, epoch, value, timestamp "
-                                "FROM metrics WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()
+            n_rows = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?",
+                                  (rid,)).fetchone()[0]
+            rows = (conn.execute(ROWS_SQL + " ORDER BY seq", (rid,)).fetchall()
+                    if _wants(with_rows, uuid) else None)
             lineage = [u for (u,) in conn.execute(
                 "SELECT a.uuid FROM lineage l JOIN artifacts a ON a.id = l.artifact_id "
                 "WHERE l.run_id = ? ORDER BY l.direction, l.position", (rid,))]
@@ -258,7 +285,7 @@ def read_server(data_dir: Path, user: str = USER) -> dict[str, Any]:
                                      (rid,)).fetchone()[0]
             runs.setdefault(uuid, []).append({
                 "node": node, "folder": folder, "status": status, "metric_count": count,
-                "complete": bool(complete), "rows": rows, "artifacts": lineage,
+                "complete": bool(complete), "rows": rows, "n_rows": n_rows, "artifacts": lineage,
                 "lineage": n_lineage})
         artifacts: dict[str, list[list[tuple]]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts WHERE owner_id = ?",
@@ -300,11 +327,27 @@ def _explained_absent(run: ModelRun, model: dict[str, ModelRun]) -> bool:
                and o.folder == run.folder and o.uuid != run.uuid for o in model.values())
 
 
+# (data dir, uuid) -> the summary under which its server rows were last compared with the
+# logged ones: rows are immutable below a count, so an unchanged summary needs no new reading.
+_VERIFIED: dict[tuple[str, str], tuple] = {}
+
+
+def _summary(copies: list[dict[str, Any]], mine: dict[str, Any] | None) -> tuple:
+    return (tuple((c["metric_count"], c["n_rows"], c["complete"], c["status"], c["node"])
+                  for c in copies), mine and (mine["n_rows"], mine["status"]))
+
+
 def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[str, int]:
     """After any step: nothing twice on the server, nothing there that was not logged, and
     nothing marked synced that the server does not hold (or that is absent by design)."""
-    server = read_server(data_dir)  # first: the local store only grows afterwards
-    local = read_local(home)
+    key = str(data_dir)
+    server = read_server(data_dir, with_rows=False)  # first: the store only grows afterwards
+    local = read_local(home, with_rows=False)
+    stale = {u for u, copies in server["runs"].items()
+             if _VERIFIED.get((key, u)) != _summary(copies, local["runs"].get(u))}
+    if stale:
+        server = read_server(data_dir, with_rows=stale)
+        local = read_local(home, with_rows=stale)
     lruns = local["runs"]
     problems: list[str] = []
     assert set(lruns) <= set(model), f"runs nobody created: {set(lruns) - set(model)}"
@@ -314,20 +357,24 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
         if uuid not in lruns:
             problems.append(f"run {uuid} on the server was never logged here")
             continue
-        mine = lruns[uuid]["rows"]
+        mine = lruns[uuid]
         for copy in copies:
+            if copy["n_rows"] != copy["metric_count"]:
+                problems.append(f"run {uuid}: {copy['n_rows']} server rows, metric_count "
+                                f"{copy['metric_count']}")
+            if copy["complete"] and (copy["n_rows"] != mine["n_rows"]
+                                     or mine["status"] == "Running"
+                                     or copy["status"] != mine["status"]):
+                problems.append(f"run {uuid}: complete on the server with {copy['n_rows']} "
+                                f"rows ({copy['status']}), locally {mine['n_rows']} "
+                                f"({mine['status']})")
             rows = copy["rows"]
-            if [r[0] for r in rows] != list(range(len(rows))) or \
-                    len(rows) != copy["metric_count"]:
-                problems.append(f"run {uuid}: server rows are not seq 0..{copy['metric_count']}")
-            if rows != mine[:len(rows)]:
+            if rows is None or mine["rows"] is None:
+                continue  # compared before, under the same summary
+            if [r[0] for r in rows] != list(range(len(rows))):
+                problems.append(f"run {uuid}: server rows are not seq 0..{len(rows) - 1}")
+            if rows != mine["rows"][:len(rows)]:
                 problems.append(f"run {uuid}: server rows differ from the logged rows")
-            if copy["complete"] and (len(rows) != len(mine)
-                                     or lruns[uuid]["status"] == "Running"
-                                     or copy["status"] != lruns[uuid]["status"]):
-                problems.append(f"run {uuid}: complete on the server with {len(rows)} rows "
-                                f"({copy['status']}), locally {len(mine)} "
-                                f"({lruns[uuid]['status']})")
     for (folder, node), n in server["nodes"].items():
         if n != 1:
             problems.append(f"{folder}/{node} names {n} runs")
@@ -343,7 +390,7 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
         if r["state"] != "synced":
             continue
         copies = server["runs"].get(uuid, [])
-        if copies and copies[0]["complete"] and len(copies[0]["rows"]) == len(r["rows"]):
+        if copies and copies[0]["complete"] and copies[0]["n_rows"] == r["n_rows"]:
             continue
         if not copies and _explained_absent(model[uuid], model):
             continue
@@ -351,6 +398,8 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
                         f"{copies[0]['metric_count'] if copies else 'no'} rows of it "
                         f"(complete={copies[0]['complete'] if copies else None})")
     assert not problems, "\n".join(problems)
+    for uuid in stale & set(server["runs"]):
+        _VERIFIED[(key, uuid)] = _summary(server["runs"][uuid], lruns.get(uuid))
     return {"server_runs": len(server["runs"]),
             "synced": sum(r["state"] == "synced" for r in lruns.values())}
 
