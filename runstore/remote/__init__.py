@@ -11,6 +11,7 @@ from runstore.remote.client import Client
 from runstore.remote.download import download_artifact, download_run, list_remote
 from runstore.remote.session import login, logout, resolve_targets, upload
 from runstore.remote.upload import (
+    DivergedError,
     FolderNotFoundError,
     LocalDataError,
     UploadResult,
@@ -20,7 +21,7 @@ from runstore.remote.upload import (
 )
 
 __all__ = [
-    "Client", "UploadResult", "FolderNotFoundError", "LocalDataError", "upload_run",
-    "upload_artifact", "upload", "login", "logout", "list_remote", "download_run",
+    "Client", "UploadResult", "FolderNotFoundError", "DivergedError", "LocalDataError",
+    "upload_run", "upload_artifact", "upload", "login", "logout", "list_remote", "download_run",
     "download_artifact", "ensure_folder", "resolve_targets",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from runstore.config import check_conflict_strategy
 from runstore.errors import PermanentRemoteError, RunstoreError
+from runstore.protocol import encode_metric_row
 from runstore.remote.client import Client
 from runstore.run import remote_history
 from runstore.store import Store
@@ -30,6 +31,10 @@ Progress = Callable[[int, int], None]
 
 class FolderNotFoundError(PermanentRemoteError, ValueError):
     """The folder does not exist and make_folder is false (t9k raises ValueError)."""
+
+
+class DivergedError(PermanentRemoteError):
+    """The server's copy of a run is not an earlier state of the local one."""
 
 
 class LocalDataError(RunstoreError):
@@ -182,27 +187,49 @@ def _run_metadata(store: Store, run, record: dict[str, Any] | None) -> dict[str,
             "remote": history}
 
 
-_NONFINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
-
-
 def _resend(body: bytes) -> Callable[[], bytes]:
     """A body factory that sends the same bytes on every attempt."""
     return lambda: body
 
 
 def _metric_body(offset: int, rows: list[tuple]) -> bytes:
-    wire: list[list[Any]] = []
-    append = wire.append
-    for r in rows:
-        v = r[4]
-        if v is None:
-            append([r[0], r[1], r[2], r[3], "NaN", r[5]])
-        elif v in _NONFINITE:
-            append([r[0], r[1], r[2], r[3], _NONFINITE[v], r[5]])
-        else:
-            append(list(r))
+    wire = [encode_metric_row(r) for r in rows]
     return json.dumps({"offset": offset, "rows": wire}, separators=(",", ":"),
                       allow_nan=False).encode()
+
+
+def check_server_copy(client: Client, store: Store, run: Any,
+                      local_count: int) -> dict[str, Any] | None:
+    """Compare the server's copy of this run (if any) with the local one.
+
+    Returns None to go on uploading, or the server's run when it already holds every local
+    row and more: a store restored from a backup or snapshot ("power-loss prefix") is behind,
+    and its older metadata must not overwrite the server's. Raises DivergedError when the two
+    hold different rows at the same sequence number (a restored store that logged again):
+    rows are matched by offset, so uploading would silently keep two histories.
+    """
+    try:
+        remote = client.request("GET", f"/runs/{run['uuid']}")
+    except PermanentRemoteError as exc:
+        if exc.status_code == 404:
+            return None  # the server has never seen this run
+        raise
+    server_count = remote["metric_count"]
+    shared = min(server_count, local_count)
+    if shared > 0:
+        page = client.request("GET", f"/runs/{run['uuid']}/metrics",
+                              params={"offset": shared - 1, "limit": 1})
+        mine = store.connection().execute(
+            "SELECT type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ? "
+            "AND seq = ?", (run["id"], shared - 1)).fetchone()
+        if page["rows"] != [encode_metric_row(tuple(mine))]:
+            raise DivergedError(
+                f"run {run['alternative_name']} ({run['uuid']}): metric row {shared - 1} on the "
+                "server differs from this store's; the store was restored from an older copy "
+                "and logged different rows since. The server's copy was left unchanged. Try: "
+                "keep the server's copy (runstore ls --remote), or log the rest as a new run.",
+                409)
+    return remote if server_count > local_count else None
 
 
 def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, end: int,
@@ -262,6 +289,11 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     tally = _Tally(progress)
 
     folder_path = ensure_folder(client, folder, make_folder)
+    ahead = check_server_copy(client, store, run, local_count)
+    if ahead is not None:  # the server holds all of this (restored) store's rows, and more
+        if finished:
+            _mark_done(store, run_uuid, ahead["path"], local_count, client, history=False)
+        return UploadResult(run_uuid, "resumed", ahead["path"], 0, 0, 0, ahead["complete"])
     record = {"action": "upload", "timestamp": now_iso(), "host": client.host,
               "path": f"{folder_path}/{run['name']}", "id": run_uuid}
     claim = client.request("POST", "/runs/claim", json={

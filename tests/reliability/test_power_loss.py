@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from runstore.store import Store
 from tests.server_harness import ServerProcess
 from tests.syncd.helpers import REPO_ROOT, make_runs, run_python
@@ -153,11 +151,6 @@ def test_rolled_back_to_mid_run_keeps_the_servers_later_rows(server, token, home
     assert local_state(home, uuid)[0] == "Error"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (runstore.remote.upload_run / server finalize): a store rolled back to mid-run "
-    "finalizes with its older metadata: the server's Complete run becomes Error with an "
-    "earlier end_timestamp, although the server holds more rows than the store (it is "
-    "ahead). The server's later state is overwritten by an older one."))
 def test_rolled_back_store_does_not_overwrite_the_servers_later_state(server, token, home,
                                                                        tmp_path):
     snap = tmp_path / "mid-run.db"
@@ -188,12 +181,6 @@ def test_rolled_back_before_a_run_existed_leaves_it_alone(server, token, home, t
     assert after[new][0]["name"] != "same0"  # conflict strategy 'new': renamed, not replaced
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (runstore.remote.upload_run / server claim): after a rollback, rows the store logs "
-    "again at seq numbers the server already holds are never sent and the server's old rows "
-    "are kept; the run is marked synced although server and store hold different rows. "
-    "Rows are matched by offset only; nothing checks that the server's prefix is the "
-    "store's."))
 def test_resumed_after_rollback_never_silently_diverges(server, token, home, tmp_path):
     """After the rollback the job is requeued and goes on logging (load_run). The rows it
     logs again at seq 1000.. differ from the server's lost ones. Either the server ends up
