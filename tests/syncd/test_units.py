@@ -58,9 +58,10 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
 
 
 def test_lock_dies_with_a_killed_holder(tmp_path: Path) -> None:
-    code = ("import sys, time; from syncd import lock; lock.acquire(__import__('pathlib')"
-            f".Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    code = ("import sys; from syncd import lock; lock.acquire(__import__('pathlib')"
+            f".Path({str(tmp_path)!r})); print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(AlreadyRunningError, match=f"pid {proc.pid}"):
@@ -69,6 +70,7 @@ def test_lock_dies_with_a_killed_holder(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         proc.stdout.close()
+        proc.stdin.close()
     lock.acquire(tmp_path).release()  # the kernel dropped the flock with the process
 
 
