@@ -14,7 +14,7 @@ server does not hold. After healing (server up, no faults, every run ended) and 
 the set check of chain.final_check: lost, duplicated and unexpected are all empty, every run
 is where its strategy puts it, with exactly its rows, lineage and artifact bytes.
 
-Sizes: CI runs RUNSTORE_MODEL_EXAMPLES (default 8) examples of up to RUNSTORE_MODEL_STEPS
+Sizes: CI runs RUNSTORE_MODEL_EXAMPLES (default 6) examples of up to RUNSTORE_MODEL_STEPS
 (default 25) steps, every fault kind included; `python scripts/soak.py --minutes 30` runs it
 for as long as asked and prints the figures (docs/RELIABILITY.md).
 """
@@ -290,7 +290,7 @@ def test_nothing_lost_nothing_twice(tmp_path: Path) -> None:
     ChainMachine.base_dir = tmp_path
     before = FIGURES.copy()
     run_state_machine_as_test(ChainMachine, settings=machine_settings(
-        int(os.environ.get("RUNSTORE_MODEL_EXAMPLES", "8")),
+        int(os.environ.get("RUNSTORE_MODEL_EXAMPLES", "6")),
         int(os.environ.get("RUNSTORE_MODEL_STEPS", "25"))))
     done = FIGURES - before
     print(dict(sorted(done.items())))

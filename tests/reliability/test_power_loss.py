@@ -153,12 +153,16 @@ def test_rolled_back_to_mid_run_keeps_the_servers_later_rows(server, token, home
 
 def test_rolled_back_store_does_not_overwrite_the_servers_later_state(server, token, home,
                                                                        tmp_path):
+    """Regression (found by this file, fixed in runstore.remote by 2d8e797): the restored
+    store's older metadata (Error, an earlier end) overwrote the server's Complete run."""
     snap = tmp_path / "mid-run.db"
     uuid = log_with_a_snapshot(home, snap, first=1000, total=3000)
     assert syncd_once(home, server, token).returncode == 0
     before = server_state(server.data_dir)[uuid][0]
     power_loss(home, snap)
-    syncd_once(home, server, token)
+    done = syncd_once(home, server, token)
+    assert done.returncode == 0, done.stdout + done.stderr  # the server is ahead: nothing to do
+    assert local_state(home, uuid)[1] == "synced"
     after = server_state(server.data_dir)[uuid][0]
     assert (after["status"], after["end"]) == (before["status"], before["end"]), (
         f"the server's run went from {before['status']} (ended {before['end']}) to "
@@ -185,7 +189,11 @@ def test_resumed_after_rollback_never_silently_diverges(server, token, home, tmp
     """After the rollback the job is requeued and goes on logging (load_run). The rows it
     logs again at seq 1000.. differ from the server's lost ones. Either the server ends up
     with exactly the store's rows, or the run is refused with a reason; never 'synced' with
-    different rows on each side."""
+    different rows on each side.
+
+    Regression (found by this file, fixed in runstore.remote by 2d8e797): rows are matched by
+    offset, so the server kept its old rows 1000..2999, took the new ones from 3000 on, and
+    the run was marked synced with a different history on each side."""
     snap = tmp_path / "mid-run.db"
     uuid = log_with_a_snapshot(home, snap, first=1000, total=3000)
     assert syncd_once(home, server, token).returncode == 0
@@ -198,7 +206,7 @@ def test_resumed_after_rollback_never_silently_diverges(server, token, home, tmp
             run.log("train", {{"loss": -1.0 * i}}, step=i)   # not what was lost
         run.finish()
     """, home)
-    syncd_once(home, server, token)
+    done = syncd_once(home, server, token)
     after = server_state(server.data_dir)[uuid]
     assert len(after) == 1
     assert after[0]["rows"][:3000] == server_before  # nothing deleted or rewritten
@@ -207,6 +215,9 @@ def test_resumed_after_rollback_never_silently_diverges(server, token, home, tmp
     assert after[0]["rows"] == mine or (state == "failed" and error), (
         f"state {state}: the server holds {len(after[0]['rows'])} rows, the store "
         f"{len(mine)}, first difference at seq {_first_difference(after[0]['rows'], mine)}")
+    if state == "failed":  # the reason names the run and what happened, with what to do
+        assert uuid in error and "restored" in error and "Try:" in error, error
+        assert done.returncode == 1, done.stdout
 
 
 def _first_difference(a: list, b: list) -> int:
