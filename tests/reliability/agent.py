@@ -6,6 +6,7 @@ run's stdout.log, so other lines may appear). The test SIGKILLs this process at 
 moments, as a scheduler kills a training job.
 
     {"op": "create", "name": "r3", "folder": "proj", "make_folder": true, "strategy": "skip"}
+    {"op": "reopen", "uuid": "...", "folder": ..., "make_folder": ..., "strategy": ...}
     {"op": "log", "uuid": "...", "n": 40}        n log() calls, two keys each (NaN/inf too)
     {"op": "artifact", "uuid": "...", "size": 70000, "seed": 5}   an output artifact
     {"op": "flush", "uuid": "..."}   {"op": "finish", "uuid": "..."}
@@ -38,10 +39,19 @@ def main() -> None:
             run = em.create_run(name=cmd["name"], folder=cmd["folder"],
                                 make_folder=cmd["make_folder"],
                                 conflict_strategy=cmd["strategy"],
+                                auto_upload=cmd.get("auto_upload", False),
                                 hparams={"lr": 10 ** -random.randint(1, 5)})
             runs[run.uuid] = run
             steps[run.uuid] = 0
             answer = {"uuid": run.uuid, "alternative_name": run.alternative_name}
+        elif op == "reopen":  # a requeued job goes on with its run (t9k's load_run)
+            run = em.load_run(cmd["uuid"], folder=cmd["folder"],
+                              make_folder=cmd["make_folder"],
+                              conflict_strategy=cmd["strategy"],
+                              auto_upload=cmd.get("auto_upload", False))
+            runs[run.uuid] = run
+            steps.setdefault(run.uuid, 0)
+            answer = {"status": run.status}
         elif op == "log":
             run = runs[cmd["uuid"]]
             for _ in range(cmd["n"]):

@@ -47,6 +47,8 @@ class ModelRun:
     bad_folder: bool = False      # a folder that does not exist and make_folder=False
     finished: bool = False        # finish() returned, or its process was killed
     killed: bool = False
+    reopened: bool = False        # load_run() set it Running again after it ended
+    auto_upload: bool = False     # syncd pushes its rows while it runs (live)
     artifacts: list[str] = field(default_factory=list)
 
 
@@ -147,7 +149,7 @@ class Chain:
             self.daemon.kill()  # reap a daemon killed from the proxy, close its files
         self.daemon = Daemon(self.home, self.config_dir, url or self.proxy.url, self.token,
                              self.base / "syncd.log", concurrency=2, max_backoff_s=1,
-                             live_interval_s=0, fallback_interval_s=2)
+                             live_interval_s=1, fallback_interval_s=2)
         self.daemon.start(wait_ready=wait_ready)
 
     def daemon_alive(self) -> bool:
@@ -362,9 +364,11 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
             if copy["n_rows"] != copy["metric_count"]:
                 problems.append(f"run {uuid}: {copy['n_rows']} server rows, metric_count "
                                 f"{copy['metric_count']}")
-            if copy["complete"] and (copy["n_rows"] != mine["n_rows"]
-                                     or mine["status"] == "Running"
-                                     or copy["status"] != mine["status"]):
+            # A complete copy is all of the run; a re-opened run may have grown since.
+            grown = model[uuid].reopened and copy["n_rows"] <= mine["n_rows"]
+            if copy["complete"] and not grown and (copy["n_rows"] != mine["n_rows"]
+                                                   or mine["status"] == "Running"
+                                                   or copy["status"] != mine["status"]):
                 problems.append(f"run {uuid}: complete on the server with {copy['n_rows']} "
                                 f"rows ({copy['status']}), locally {mine['n_rows']} "
                                 f"({mine['status']})")
@@ -390,8 +394,10 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
         if r["state"] != "synced":
             continue
         copies = server["runs"].get(uuid, [])
-        if copies and copies[0]["complete"] and copies[0]["n_rows"] == r["n_rows"]:
-            continue
+        if copies and copies[0]["complete"] and (
+                copies[0]["n_rows"] == r["n_rows"]
+                or (model[uuid].reopened and copies[0]["n_rows"] < r["n_rows"])):
+            continue  # (synced before it was re-opened: it is pending again once it ends)
         if not copies and _explained_absent(model[uuid], model):
             continue
         problems.append(f"run {uuid} ({r['name']}) is marked synced, but the server holds "

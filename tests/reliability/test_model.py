@@ -92,16 +92,17 @@ class ChainMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.open) < 3 and len(self.model) < 14)
     @rule(folder=st.sampled_from(FOLDERS + ("nowhere",)), strategy=st.sampled_from(STRATEGIES),
-          rows=st.integers(0, 300))
-    def start_run(self, folder: str, strategy: str, rows: int) -> None:
+          rows=st.integers(0, 300), auto_upload=st.booleans())
+    def start_run(self, folder: str, strategy: str, rows: int, auto_upload: bool = False
+                  ) -> None:
         bad = folder == "nowhere"  # not there, and make_folder=False: refused, must not block
         name = f"r{next(self.names)}"
         answer = self.chain.agent.call(op="create", name=name, folder=folder,
                                        make_folder=not bad and folder != "default",
-                                       strategy=strategy)
+                                       strategy=strategy, auto_upload=auto_upload)
         uuid = answer["uuid"]
         self.model[uuid] = ModelRun(uuid, name, answer["alternative_name"], folder, strategy,
-                                    "origin", bad_folder=bad)
+                                    "origin", bad_folder=bad, auto_upload=auto_upload)
         self.open.append(uuid)
         if rows:
             self.chain.agent.call(op="log", uuid=uuid, n=rows)
@@ -146,14 +147,33 @@ class ChainMachine(RuleBasedStateMachine):
         self.open = []
         self.chain.start_agent()
 
+    def _reopenable(self) -> list[str]:
+        taken = {(r.folder, r.name) for r in self.model.values() if r.role == "conflict"}
+        return sorted(u for u, r in self.model.items() if r.role == "origin" and r.finished
+                      and not r.bad_folder and (r.folder, r.name) not in taken
+                      and u not in self.open)
+
+    @precondition(lambda self: len(self.open) < 3 and self._reopenable())
+    @rule(data=st.data(), rows=st.integers(1, 3000), auto_upload=st.booleans())
+    def reopen_run(self, data, rows: int, auto_upload: bool) -> None:
+        """load_run() an ended run (maybe synced, maybe being uploaded) and log more."""
+        run = self.model[data.draw(st.sampled_from(self._reopenable()))]
+        self.chain.agent.call(op="reopen", uuid=run.uuid, folder=run.folder,
+                              make_folder=run.folder != "default", strategy=run.strategy,
+                              auto_upload=auto_upload)
+        run.reopened, run.finished, run.auto_upload = True, False, auto_upload
+        self.open.append(run.uuid)
+        self.chain.agent.call(op="log", uuid=run.uuid, n=rows)
+        FIGURES["runs_reopened"] += 1
+
     @precondition(lambda self: any(r.role == "origin" and r.finished and not r.bad_folder
-                                   for r in self.model.values()))
+                                   and not r.reopened for r in self.model.values()))
     @rule(data=st.data(), strategy=st.sampled_from(STRATEGIES), rows=st.integers(0, 200),
           artifact=st.booleans())
     def conflicting_run(self, data, strategy: str, rows: int, artifact: bool) -> None:
         """A run named like one the server already holds, with each strategy."""
-        origins = sorted(u for u, r in self.model.items()
-                         if r.role == "origin" and r.finished and not r.bad_folder)
+        origins = sorted(u for u, r in self.model.items() if r.role == "origin"
+                         and r.finished and not r.bad_folder and not r.reopened)
         origin = self.model[data.draw(st.sampled_from(origins))]
         if not self._wait_synced(origin.uuid):
             FIGURES["conflicts_not_applicable"] += 1
