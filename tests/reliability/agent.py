@@ -9,6 +9,7 @@ moments, as a scheduler kills a training job.
     {"op": "reopen", "uuid": "...", "folder": ..., "make_folder": ..., "strategy": ...}
     {"op": "log", "uuid": "...", "n": 40}        n log() calls, two keys each (NaN/inf too)
     {"op": "artifact", "uuid": "...", "size": 70000, "seed": 5}   an output artifact
+    {"op": "use", "uuid": "...", "artifact_uuid": "..."}   an input artifact
     {"op": "flush", "uuid": "..."}   {"op": "finish", "uuid": "..."}
 """
 
@@ -66,10 +67,12 @@ def main() -> None:
             path = os.path.join(workdir, f"weights-{cmd['seed']}.bin")
             with open(path, "wb") as fh:
                 fh.write(rng.randbytes(cmd["size"]))
-            art = em.create_artifact(f"model{cmd['seed']}")
+            art = em.create_artifact(cmd.get("name") or f"model{cmd['seed']}")
             art.add_file(path, "weights.bin")
             run.mark_output(art)
             answer = {"artifact_uuid": art.uuid}
+        elif op == "use":  # an artifact made earlier (maybe by a killed process) as input
+            runs[cmd["uuid"]].mark_input(em.load_artifact(cmd["artifact_uuid"]))
         elif op == "flush":
             runs[cmd["uuid"]].flush()
         elif op == "finish":

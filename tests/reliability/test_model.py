@@ -123,9 +123,21 @@ class ChainMachine(RuleBasedStateMachine):
     def add_artifact(self, data, size: int) -> None:
         uuid = data.draw(st.sampled_from(self.open))
         seed = next(_counter)
-        answer = self.chain.agent.call(op="artifact", uuid=uuid, size=size, seed=seed)
+        # Few names: artifacts of the same name meet in a folder ('new' renames them).
+        answer = self.chain.agent.call(op="artifact", uuid=uuid, size=size, seed=seed,
+                                       name=f"model{seed % 3}")
         self.model[uuid].artifacts.append(answer["artifact_uuid"])
         FIGURES["artifacts"] += 1
+
+    @precondition(lambda self: self.open and any(r.artifacts for r in self.model.values()))
+    @rule(data=st.data())
+    def use_artifact(self, data) -> None:
+        """An artifact made by another run (maybe in another folder) as this run's input."""
+        uuid = data.draw(st.sampled_from(self.open))
+        art = data.draw(st.sampled_from(sorted(a for r in self.model.values()
+                                               for a in r.artifacts)))
+        self.chain.agent.call(op="use", uuid=uuid, artifact_uuid=art)
+        FIGURES["artifact_inputs"] += 1
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
