@@ -259,12 +259,16 @@ class ChainMachine(RuleBasedStateMachine):
             self.chain.server.kill()
             FIGURES["server_sigkills"] += 1
 
-    @rule(request=st.sampled_from(sorted(PATTERNS)), status=st.sampled_from([0, 500, 503, 429]),
-          times=st.integers(1, 3))
+    @rule(request=st.sampled_from(sorted(PATTERNS)),
+          status=st.sampled_from([0, 500, 503, 429, -1]), times=st.integers(1, 3))
     def network_fault(self, request: str, status: int, times: int) -> None:
-        """status 0: the server gets and commits the request, its answer is lost; else the
-        proxy answers 5xx/429 in its place."""
-        if status == 0:
+        """status 0: the server gets and commits the request, its answer is lost; -1: the
+        request vanishes and nothing answers (the client's 5 s timeout must end the wait);
+        else the proxy answers 5xx/429 in the server's place."""
+        if status == -1:
+            self.chain.proxy.hang(PATTERNS[request], times=1)
+            FIGURES["hangs_armed"] += 1
+        elif status == 0:
             self.chain.proxy.on_response(PATTERNS[request], self.chain.lose_answer,
                                          times=times)
             FIGURES["lost_responses_armed"] += times
@@ -297,6 +301,7 @@ class ChainMachine(RuleBasedStateMachine):
             for key, value in figures.items():
                 FIGURES[f"checked_{key}"] += value
             FIGURES["http_errors_sent"] += self.chain.proxy.triggered.count("answer")
+            FIGURES["hangs"] += self.chain.proxy.triggered.count("hang")
             self.failed = False
         finally:
             self.chain.close()
