@@ -29,6 +29,8 @@ MAX_BLOB_PART_BYTES = 64 * 1024 * 1024
 BLOB_PART_BYTES = 8 * 1024 * 1024
 METRIC_CHUNK_ROWS = 20_000
 MAX_METRIC_CHUNK_ROWS = 100_000
+# Integers are stored as SQLite/PostgreSQL 64-bit integers: anything wider is refused (422).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class Message(BaseModel):
@@ -132,7 +134,7 @@ class MetricChunk(Message):
     ``[type, key, step, epoch|null, value, timestamp]`` with value a number or a
     non-finite marker string."""
 
-    offset: int = Field(ge=0)
+    offset: int = Field(ge=0, le=INT64_MAX)
     rows: list[list[Any]]
 
 
@@ -153,7 +155,7 @@ class Lineage(Message):
 
 
 class RunFinalize(Message):
-    metric_count: int = Field(ge=0)
+    metric_count: int = Field(ge=0, le=INT64_MAX)
     metadata: RunMetadata
 
 
@@ -195,7 +197,7 @@ class BlobMissing(Message):
 
 class UploadStart(Message):
     sha256: str
-    size_bytes: int = Field(ge=0)
+    size_bytes: int = Field(ge=0, le=INT64_MAX)
 
 
 class UploadStatus(Message):
@@ -209,7 +211,7 @@ class ArtifactObject(Message):
     path: str = Field(max_length=4096)
     kind: Literal["file", "reference"]
     sha256: str | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
     uri: str | None = Field(default=None, max_length=8192)
 
 
@@ -282,6 +284,9 @@ def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
             raise ValueError(f"metric row {i}: type, key and timestamp must be short strings")
         if type(step) is not int or (epoch is not None and type(epoch) is not int):
             raise ValueError(f"metric row {i}: step and epoch must be integers")
+        if not INT64_MIN <= step <= INT64_MAX or (
+                epoch is not None and not INT64_MIN <= epoch <= INT64_MAX):
+            raise ValueError(f"metric row {i}: step and epoch must fit in 64 bits")
         if type(value) is not float:
             value = decode_value(value)
         append((type_, key, step, epoch, None if value != value else value, ts))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     pass
 
 _str, _float, _int, _bool = str, float, int, bool
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1  # what SQLite stores
 
 
 def _json(value: Any) -> str:
@@ -212,6 +213,9 @@ class Run:
             step = _as_int("step", step)
         if epoch is not None and epoch.__class__ is not _int:
             epoch = _as_int("epoch", epoch)
+        if not _I64_MIN <= step <= _I64_MAX or (
+                epoch is not None and not _I64_MIN <= epoch <= _I64_MAX):
+            raise ValueError(f"step {step} / epoch {epoch}: must fit in a 64-bit integer")
         values = {}
         try:
             for key, value in metrics.items():
@@ -227,6 +231,8 @@ class Run:
         except AttributeError:
             raise TypeError(
                 f"metrics must be a dict of name -> number, not {metrics!r}") from None
+        except OverflowError:
+            raise TypeError(f"metric {key!r} is an integer too large for a float") from None
         pending = self._pending
         pending.append((type, values, step, epoch, time.time()))
         if len(pending) >= WAKE_AT_RECORDS:

@@ -200,7 +200,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
                                        offset, rows)
 
     @app.get(f"{API}/runs/{{uuid}}/metrics", response_model=p.MetricPage)
-    def get_metrics(request: Request, uuid: str, offset: int = Query(0, ge=0),
+    def get_metrics(request: Request, uuid: str, offset: int = Query(0, ge=0, le=p.INT64_MAX),
                     limit: int = Query(10_000, ge=1, le=p.MAX_METRIC_CHUNK_ROWS),
                     type: str | None = None, key: str | None = None) -> p.MetricPage:
         _checked(check_uuid, uuid)
@@ -236,8 +236,9 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     @app.patch(f"{API}/uploads/{{sha256}}", response_model=p.UploadStatus,
                openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                    "schema": {"type": "string", "format": "binary"}}}, "required": True}})
-    async def upload_part(request: Request, sha256: str, offset: int = Query(ge=0),
-                          size: int = Query(ge=0)) -> p.UploadStatus:
+    async def upload_part(request: Request, sha256: str,
+                          offset: int = Query(ge=0, le=p.INT64_MAX),
+                          size: int = Query(ge=0, le=p.INT64_MAX)) -> p.UploadStatus:
         _checked(check_sha256, sha256)
         return await blob_store.write(_user(request).id, sha256, size, offset, request.stream())
 

@@ -141,3 +141,16 @@ def test_add_dir_is_all_or_nothing(tmp_path: Path, store: Store):
     with pytest.raises(ValueError, match="already holds a reference"):
         art.add_dir(d)
     assert sorted(art.objects) == ["d/b.txt"]  # a.txt was not added either
+
+
+def test_steps_and_values_beyond_64_bits(store: Store):
+    run = em.create_run(name="r")
+    with pytest.raises(ValueError, match="must fit in a 64-bit integer"):
+        run.log("train", {"x": 1.0}, step=2**63)
+    with pytest.raises(ValueError, match="must fit in a 64-bit integer"):
+        run.log("train", {"x": 1.0}, step=1, epoch=-(2**63) - 1)
+    with pytest.raises(TypeError, match="metric 'big' is an integer too large"):
+        run.log("train", {"big": 10**400}, step=1)
+    run.log("train", {"x": 1.0}, step=2**63 - 1)
+    run.finish()  # the buffer still flushes: nothing unstorable got in
+    assert store.read("SELECT step FROM metrics")[0][0] == 2**63 - 1
