@@ -410,10 +410,25 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
             "synced": sum(r["state"] == "synced" for r in lruns.values())}
 
 
+def classify_rows(server_rows: list[tuple], local_rows: list[tuple]) -> str | None:
+    """None if the server holds exactly the logged rows; else 'lost' (a prefix is missing
+    rows), 'duplicated' (all of them, then logged rows again) or 'unexpected' (rows that
+    differ from the logged ones, or were never logged)."""
+    if server_rows == local_rows:
+        return None
+    n = len(server_rows)
+    if n < len(local_rows) and server_rows == local_rows[:n]:
+        return "lost"
+    logged = {r[1:] for r in local_rows}  # without seq
+    if n > len(local_rows) and server_rows[:len(local_rows)] == local_rows and \
+            all(r[1:] in logged for r in server_rows[len(local_rows):]):
+        return "duplicated"
+    return "unexpected"
+
+
 def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[str, Any]:
     """After healing: the Jepsen-style set check. Returns the figures (lost, duplicated,
     unexpected must be empty; the assertion says which runs and why)."""
-    check_invariants(home, data_dir, model)
     server = read_server(data_dir)
     local = read_local(home)
     lruns, sruns = local["runs"], server["runs"]
@@ -451,10 +466,13 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[
                 lost.append(uuid)
             continue
         copy = copies[0]
-        if not copy["complete"] or copy["rows"] != mine["rows"] \
-                or copy["status"] != mine["status"]:
-            (lost if len(copy["rows"]) < len(mine["rows"]) or not copy["complete"]
-             else unexpected).append(uuid)
+        verdict = ("lost" if not copy["complete"]
+                   else classify_rows(copy["rows"], mine["rows"]))
+        if verdict is None and copy["status"] != mine["status"]:
+            verdict = "unexpected"
+        if verdict is not None:
+            {"lost": lost, "duplicated": duplicated, "unexpected": unexpected}[verdict].append(
+                uuid)
             continue
         if mine["state"] != "synced":
             wrong.append(f"{run.name} {uuid}: on the server but {mine['state']} locally")

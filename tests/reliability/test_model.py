@@ -297,6 +297,7 @@ class ChainMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.chain.heal_and_drain(self.model, HEAL_TIMEOUT_S)
+            check_invariants(self.chain.home, self.chain.server.data_dir, self.model)
             figures = final_check(self.chain.home, self.chain.server.data_dir, self.model)
             for key, value in figures.items():
                 FIGURES[f"checked_{key}"] += value

@@ -1,0 +1,173 @@
+"""The oracle of the model-based test can fail: after a clean upload to the real server, each
+kind of damage done to the server's data (or to the local sync state) is caught by
+chain.check_invariants / chain.final_check, and classified as lost, duplicated or unexpected."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import runstore as em
+from runstore.remote import Client, upload_run
+from runstore.store import Store
+from tests.reliability.chain import (
+    USER,
+    ModelRun,
+    check_invariants,
+    classify_rows,
+    final_check,
+)
+from tests.server_harness import ServerProcess
+
+
+@pytest.fixture
+def synced(store: Store, tmp_path: Path):
+    """Two runs (one with an artifact) uploaded to a real server, which is then stopped."""
+    server = ServerProcess(tmp_path / "srv").start()
+    token = server.add_user(USER)
+    model: dict[str, ModelRun] = {}
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"weights" * 1000)
+    for i in range(2):
+        run = em.create_run(name=f"r{i}")
+        for step in range(100):
+            run.log("train", {"loss": 1 / (step + 1)}, step=step)
+        if i == 0:
+            art = em.create_artifact("model")
+            art.add_file(str(weights))
+            run.mark_output(art)
+        run.finish()
+        model[run.uuid] = ModelRun(run.uuid, run.name, run.alternative_name, "default",
+                                   "new", "origin", finished=True)
+    try:
+        with Client(server.url, token) as client:
+            for uuid in model:
+                assert upload_run(store, uuid, client).complete
+    finally:
+        server.stop()
+    yield store.home, server.data_dir, model
+
+
+def _server_sql(data_dir: Path, *statements: tuple[str, tuple]) -> None:
+    conn = sqlite3.connect(data_dir / "server.db")
+    try:
+        for sql, args in statements:
+            conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _server_run_id(data_dir: Path, uuid: str) -> int:
+    conn = sqlite3.connect(data_dir / "server.db")
+    try:
+        return conn.execute("SELECT id FROM runs WHERE uuid = ?", (uuid,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_clean_sync_passes(synced):
+    home, data_dir, model = synced
+    check_invariants(home, data_dir, model)
+    figures = final_check(home, data_dir, model)
+    assert figures["runs"] == 2 and figures["rows"] == 200
+    assert figures["blob_bytes"] == 7000
+    assert figures["lost"] == figures["duplicated"] == figures["unexpected"] == 0
+
+
+def test_missing_rows_are_lost(synced):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    rid = _server_run_id(data_dir, uuid)
+    _server_sql(data_dir, ("DELETE FROM metrics WHERE run_id = ? AND seq >= 90", (rid,)),
+                ("UPDATE runs SET metric_count = 90 WHERE id = ?", (rid,)))
+    with pytest.raises(AssertionError, match="marked synced, but the server holds 90 rows"):
+        check_invariants(home, data_dir, model)
+    with pytest.raises(AssertionError, match=f"lost=\\['{uuid}'\\]"):
+        final_check(home, data_dir, model)
+
+
+def test_a_run_missing_from_the_server_is_lost(synced):
+    home, data_dir, model = synced
+    uuid = list(model)[1]
+    rid = _server_run_id(data_dir, uuid)
+    _server_sql(data_dir, ("DELETE FROM metrics WHERE run_id = ?", (rid,)),
+                ("DELETE FROM lineage WHERE run_id = ?", (rid,)),
+                ("DELETE FROM runs WHERE id = ?", (rid,)))
+    with pytest.raises(AssertionError, match=f"lost=\\['{uuid}'\\]"):
+        final_check(home, data_dir, model)
+
+
+def test_rows_sent_twice_are_duplicated(synced):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    rid = _server_run_id(data_dir, uuid)
+    _server_sql(data_dir, (
+        "INSERT INTO metrics (run_id, seq, type, key, step, epoch, value, timestamp) "
+        "SELECT run_id, seq + 100, type, key, step, epoch, value, timestamp FROM metrics "
+        "WHERE run_id = ? AND seq >= 80", (rid,)),
+        ("UPDATE runs SET metric_count = 120 WHERE id = ?", (rid,)))
+    with pytest.raises(AssertionError, match="complete on the server with 120 rows"):
+        check_invariants(home, data_dir, model)
+    with pytest.raises(AssertionError, match=f"duplicated=\\['{uuid}'\\]"):
+        final_check(home, data_dir, model)
+
+
+def test_rows_never_logged_are_unexpected(synced):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    rid = _server_run_id(data_dir, uuid)
+    _server_sql(data_dir, ("UPDATE metrics SET value = 42.0 WHERE run_id = ? AND seq = 7",
+                           (rid,)))
+    with pytest.raises(AssertionError, match="server rows differ from the logged rows"):
+        check_invariants(home, data_dir, model)
+    with pytest.raises(AssertionError, match=f"unexpected=\\['{uuid}'\\]"):
+        final_check(home, data_dir, model)
+
+
+def test_a_run_nobody_logged_is_unexpected(synced):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    _server_sql(data_dir, (
+        "INSERT INTO runs (owner_id, uuid, folder_id, name, run_name, alternative_name, "
+        "labels, description, status, start_timestamp, hparams, platform, git, remote, "
+        "metric_count, complete, created_at, updated_at) SELECT owner_id, 'f' || "
+        "substr(uuid, 2), folder_id, 'stranger', run_name, alternative_name, labels, "
+        "description, status, start_timestamp, hparams, platform, git, remote, 0, 1, "
+        "created_at, updated_at FROM runs WHERE uuid = ?", (uuid,)))
+    with pytest.raises(AssertionError, match="was never logged here"):
+        check_invariants(home, data_dir, model)
+    with pytest.raises(AssertionError, match="unexpected=\\['f"):
+        final_check(home, data_dir, model)
+
+
+def test_damaged_artifact_bytes_are_lost(synced):
+    home, data_dir, model = synced
+    sha = hashlib.sha256(b"weights" * 1000).hexdigest()
+    blob = data_dir / "blobs" / sha[:2] / sha
+    blob.write_bytes(b"weights" * 999 + b"WEIGHTS")
+    with pytest.raises(AssertionError, match=f"\\(blob {sha}\\)"):
+        final_check(home, data_dir, model)
+
+
+def test_a_run_synced_locally_but_unfinished_on_the_server_is_caught(synced):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    _server_sql(data_dir, ("UPDATE runs SET complete = 0 WHERE uuid = ?", (uuid,)))
+    with pytest.raises(AssertionError, match="is marked synced, but the server holds 100 "
+                                             "rows of it \\(complete=False\\)"):
+        check_invariants(home, data_dir, model)
+
+
+@pytest.mark.parametrize(("server", "local", "verdict"), [
+    ([(0, "a"), (1, "b")], [(0, "a"), (1, "b")], None),
+    ([(0, "a")], [(0, "a"), (1, "b")], "lost"),
+    ([(0, "a"), (1, "b"), (2, "a")], [(0, "a"), (1, "b")], "duplicated"),
+    ([(0, "a"), (1, "x")], [(0, "a"), (1, "b")], "unexpected"),
+    ([(0, "a"), (1, "b"), (2, "c")], [(0, "a"), (1, "b")], "unexpected"),
+])
+def test_classify_rows(server, local, verdict):
+    assert classify_rows(server, local) == verdict
