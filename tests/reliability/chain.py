@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.server_harness import ServerProcess
+from tests.server_harness import CLI, ServerProcess
 from tests.syncd.helpers import Daemon, wait_for
 from tests.syncd.proxy import ChaosProxy
 
@@ -49,6 +49,7 @@ class ModelRun:
     killed: bool = False
     reopened: bool = False        # load_run() set it Running again after it ended
     auto_upload: bool = False     # syncd pushes its rows while it runs (live)
+    manual: bool = False          # also uploaded by hand (`runstore upload`)
     artifacts: list[str] = field(default_factory=list)
 
 
@@ -135,6 +136,7 @@ class Chain:
         self.token = self.server.add_user(USER)
         self.proxy = ChaosProxy(self.server.port).start()
         self.daemon: Daemon | None = None
+        self.uploads: list[subprocess.Popen] = []
         self.healing = False
         self.agent: Agent | None = None
         self.start_agent()
@@ -151,6 +153,19 @@ class Chain:
                              self.base / "syncd.log", concurrency=2, max_backoff_s=1,
                              live_interval_s=1, fallback_interval_s=2)
         self.daemon.start(wait_ready=wait_ready)
+
+    def manual_upload(self, uuid: str, folder: str, strategy: str) -> None:
+        """`runstore upload UUID -f FOLDER -m -c STRATEGY` through the proxy, in the
+        background (it may race syncd for the same run)."""
+        env = {**os.environ, "RUNSTORE_HOME": str(self.home), "PYTHONPATH": str(REPO_ROOT),
+               "RUNSTORE_CONFIG_DIR": str(self.config_dir), "RUNSTORE_SERVER": self.proxy.url,
+               "RUNSTORE_TOKEN": self.token}
+        args = [*CLI, "upload", uuid, "-f", folder, "-c", strategy]
+        if folder != "default":
+            args.append("-m")
+        with open(self.base / "manual-upload.log", "ab") as log:
+            self.uploads.append(subprocess.Popen(args, stdout=log, stderr=log, env=env,
+                                                 cwd=str(self.base)))
 
     def daemon_alive(self) -> bool:
         return self.daemon is not None and self.daemon.alive()
@@ -178,6 +193,10 @@ class Chain:
         FIGURES["lost_responses"] += 1
 
     def close(self) -> None:
+        for proc in self.uploads:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
         if self.daemon is not None:
             self.daemon.kill()
         if self.agent is not None:
@@ -202,6 +221,8 @@ class Chain:
                     run.finished = True
         if not self.daemon_alive():
             self.start_daemon()
+        for proc in self.uploads:  # uploads by hand end (with or without success)
+            proc.wait(120)
 
         def idle() -> bool:
             local = read_local(self.home, with_rows=False)

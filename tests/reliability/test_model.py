@@ -178,14 +178,25 @@ class ChainMachine(RuleBasedStateMachine):
         self.chain.agent.call(op="log", uuid=run.uuid, n=rows)
         FIGURES["runs_reopened"] += 1
 
+    @precondition(lambda self: self._reopenable())
+    @rule(data=st.data())
+    def manual_upload(self, data) -> None:
+        """`runstore upload RUN` by hand while syncd may be uploading the same run."""
+        run = self.model[data.draw(st.sampled_from(self._reopenable()))]
+        run.manual = True
+        self.chain.manual_upload(run.uuid, run.folder, run.strategy)
+        FIGURES["manual_uploads"] += 1
+
     @precondition(lambda self: any(r.role == "origin" and r.finished and not r.bad_folder
-                                   and not r.reopened for r in self.model.values()))
+                                   and not r.reopened and not r.manual
+                                   for r in self.model.values()))
     @rule(data=st.data(), strategy=st.sampled_from(STRATEGIES), rows=st.integers(0, 200),
           artifact=st.booleans())
     def conflicting_run(self, data, strategy: str, rows: int, artifact: bool) -> None:
         """A run named like one the server already holds, with each strategy."""
         origins = sorted(u for u, r in self.model.items() if r.role == "origin"
-                         and r.finished and not r.bad_folder and not r.reopened)
+                         and r.finished and not r.bad_folder and not r.reopened
+                         and not r.manual)
         origin = self.model[data.draw(st.sampled_from(origins))]
         if not self._wait_synced(origin.uuid):
             FIGURES["conflicts_not_applicable"] += 1
