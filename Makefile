@@ -3,20 +3,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean lint bench
+.PHONY: demo test setup clean lint bench postgres-bin
 
-$(BIN)/runstore: pyproject.toml
+$(BIN)/runstore: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ml]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ml,postgres]'
 	touch $(BIN)/runstore
 
 setup: $(BIN)/runstore
 
+# tests/server/test_server_postgres.py runs the server on a real PostgreSQL (tests/pg_harness.py
+# starts a private one); it needs the server binaries (initdb, postgres, pg_ctl, pg_isready).
+postgres-bin:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing PostgreSQL (apt-get) for the PostgreSQL server tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "PostgreSQL server binaries not found and not root: the PostgreSQL tests will fail."; \
+		echo "Install them: sudo apt-get install -y postgresql"; \
+	fi
+
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-test: setup
+test: setup postgres-bin
 	$(BIN)/ruff check runstore syncd tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider

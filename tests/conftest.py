@@ -56,6 +56,23 @@ def config_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A private PostgreSQL on 127.0.0.1 for the whole session (tests/pg_harness.py), started
+    on first use. Fails (never skips) when PostgreSQL is not installed: `make test` installs
+    it."""
+    from tests.pg_harness import PostgresProcess
+
+    with PostgresProcess(tmp_path_factory.mktemp("postgres")) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of a fresh, empty PostgreSQL database for this test."""
+    return postgres.create_database()
+
+
 @pytest.fixture
 def server(tmp_path: Path):
     """A real `runstore serve` subprocess on 127.0.0.1 and a free port (tests/server_harness)."""

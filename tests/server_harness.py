@@ -15,7 +15,9 @@ Stable API (other test suites import it)::
         server.log_text()                                  # what the server printed
 
     ServerProcess(data_dir, port=None, *, host="127.0.0.1", startup_timeout_s=30.0,
-                  extra_env=None)
+                  extra_env=None, database_url=None)
+    database_url: passed as `--database URL` to `serve` and to the `user ...` commands (the
+    tables live there, e.g. a PostgreSQL from tests/pg_harness.py; blobs stay in data_dir).
     .start() waits until GET /api/v1/health answers 200, with a deadline (never a blind sleep)
     and fails with the server's log if the process exits or the deadline passes.
 
@@ -80,8 +82,10 @@ class ServerProcess:
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, *,
                  host: str = "127.0.0.1", startup_timeout_s: float = 30.0,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 database_url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.database_url = database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or free_port()
@@ -107,6 +111,9 @@ class ServerProcess:
         except FileNotFoundError:
             return ""
 
+    def _database_args(self) -> list[str]:
+        return ["--database", self.database_url] if self.database_url else []
+
     def start(self) -> ServerProcess:
         """Start (or start again on the same port and data dir) and wait for health."""
         if self.running():
@@ -115,7 +122,7 @@ class ServerProcess:
         try:
             self.proc = subprocess.Popen(
                 [*CLI, "serve", "--data", str(self.data_dir), "--host", self.host,
-                 "--port", str(self.port)],
+                 "--port", str(self.port), *self._database_args()],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(self.extra_env), cwd=REPO_ROOT,
                 start_new_session=True)
         finally:
@@ -170,7 +177,8 @@ class ServerProcess:
         return self.start()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return run_cli(*args, "--data", str(self.data_dir), extra_env=self.extra_env)
+        return run_cli(*args, "--data", str(self.data_dir), *self._database_args(),
+                       extra_env=self.extra_env)
 
     def add_user(self, name: str) -> str:
         """`runstore user add NAME --data DIR`; returns the printed token."""

@@ -21,26 +21,49 @@ data_option = click.option(
     "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Server data directory (database + blobs). Default: the user data dir.")
 
+database_option = click.option(
+    "--database", "--database-url", "database_url", envvar="RUNSTORE_DATABASE_URL",
+    default=None, metavar="URL",
+    help="SQLAlchemy URL of the database instead of <data>/server.db, e.g. "
+         "postgresql+psycopg://user@host:5432/runstore (env RUNSTORE_DATABASE_URL). "
+         "Blobs stay in --data.")
 
-def _database(data_dir: Path | None):
+
+def _open_database(url: str | None, data_dir: Path | None):
+    """The server's Database: the URL's, or SQLite in the data dir."""
     try:
         from runstore.server.db import Database
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise click.ClickException(
             f"the server needs its extra dependencies ({exc.name}). "
             "Try: pip install 'runstore[server]'") from exc
-    data_dir = data_dir or _default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return Database.for_data_dir(data_dir)
+    if url is None:
+        data_dir = data_dir or _default_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return Database.for_data_dir(data_dir)
+    try:
+        return Database(url)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the database driver is not installed ({exc.name}). "
+            "Try: pip install 'runstore[postgres]'") from exc
+    except Exception as exc:
+        from sqlalchemy.exc import ArgumentError, OperationalError
+
+        if isinstance(exc, (ArgumentError, OperationalError)):
+            raise click.ClickException(f"cannot open the database: {exc}") from exc
+        raise
+
+
+def _database(data_dir: Path | None, url: str | None = None):
+    return _open_database(url, data_dir)
 
 
 @main.command()
 @data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8750, show_default=True, type=int, help="Port to bind.")
-@click.option("--database-url", default=None,
-              help="SQLAlchemy URL of the database instead of <data>/server.db "
-                   "(e.g. postgresql+psycopg://...).")
+@database_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
@@ -54,9 +77,13 @@ def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
         raise click.ClickException(
             f"the server needs its extra dependencies ({exc.name}). "
             "Try: pip install 'runstore[server]'") from exc
-    app = create_app(data_dir or _default_data_dir(), database_url)
-    click.echo(f"runstore server on http://{host}:{port} (data: {data_dir or _default_data_dir()})",
-               err=True)
+    from runstore.server.db import display_url
+
+    data = data_dir or _default_data_dir()
+    database = _open_database(database_url, data) if database_url else None
+    app = create_app(data, database=database)
+    where = f"data: {data}" + (f", database: {display_url(database_url)}" if database_url else "")
+    click.echo(f"runstore server on http://{host}:{port} ({where})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
 
 
@@ -68,13 +95,14 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @data_option
-def user_add(name: str, data_dir: Path | None) -> None:
+@database_option
+def user_add(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Create a user and print its API token (shown only this once)."""
     from runstore.server import auth
     from runstore.server.paths import BadPath
 
     try:
-        token = auth.add_user(_database(data_dir), name)
+        token = auth.add_user(_database(data_dir, database_url), name)
     except (BadPath, auth.UserExists) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(token)
@@ -83,24 +111,26 @@ def user_add(name: str, data_dir: Path | None) -> None:
 @user.command("token")
 @click.argument("name")
 @data_option
-def user_token(name: str, data_dir: Path | None) -> None:
+@database_option
+def user_token(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Print a new additional API token for an existing user."""
     from runstore.server import auth
 
     try:
-        click.echo(auth.new_token(_database(data_dir), name))
+        click.echo(auth.new_token(_database(data_dir, database_url), name))
     except auth.NoSuchUser as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 @user.command("list")
 @data_option
+@database_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def user_list(data_dir: Path | None, as_json: bool) -> None:
+def user_list(data_dir: Path | None, database_url: str | None, as_json: bool) -> None:
     """List users and their token ids."""
     from runstore.server import auth
 
-    users = auth.list_users(_database(data_dir))
+    users = auth.list_users(_database(data_dir, database_url))
     if as_json:
         click.echo(json.dumps(users, indent=2))
         return
@@ -115,12 +145,14 @@ def user_list(data_dir: Path | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--token-id", default=None, help="Revoke only this token (see `user list`).")
 @data_option
-def user_revoke(name: str, token_id: str | None, data_dir: Path | None) -> None:
+@database_option
+def user_revoke(name: str, token_id: str | None, data_dir: Path | None,
+                database_url: str | None) -> None:
     """Revoke all tokens of a user (or one with --token-id)."""
     from runstore.server import auth
 
     try:
-        n = auth.revoke(_database(data_dir), name, token_id)
+        n = auth.revoke(_database(data_dir, database_url), name, token_id)
     except auth.NoSuchUser as exc:
         raise click.ClickException(str(exc)) from exc
     if token_id is not None and n == 0:

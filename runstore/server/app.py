@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 
 from runstore import protocol as p
 from runstore.server import artifacts, reads, service
@@ -111,12 +112,15 @@ async def _body(request: Request, model: type[p.Message]) -> Any:
 
 
 def create_app(data_dir: Path | str, database_url: str | None = None, *,
+               database: Database | None = None,
                json_limit: int = p.MAX_JSON_BODY_BYTES,
                upload_limit: int = p.MAX_BLOB_PART_BYTES) -> FastAPI:
-    """The ASGI app over a data directory (SQLite + blobs) or a database URL + blobs."""
+    """The ASGI app over a data directory (SQLite + blobs), or a database URL (or an opened
+    Database) + the data directory's blobs."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(database_url) if database_url else Database.for_data_dir(data_dir)
+    if database is None:
+        database = Database(database_url) if database_url else Database.for_data_dir(data_dir)
     blob_store = BlobStore(data_dir, database)
     app = FastAPI(title="runstore server", version=str(p.PROTOCOL_VERSION),
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs", redoc_url=None,
@@ -133,6 +137,13 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException):
         return _json(exc.status_code, str(exc.detail), "http_error", exc.headers)
+
+    @app.exception_handler(DataError)
+    async def _data_error(_request: Request, exc: DataError):
+        # A value the database cannot hold, e.g. a NUL character in a string on PostgreSQL
+        # (SQLite stores it): the client's mistake, not a server failure.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "bad value"
+        return _json(422, f"a value cannot be stored: {reason}", "invalid")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

@@ -60,6 +60,7 @@ def claim_artifact(conn: Connection, user: User, claim: p.ArtifactClaim) -> p.Cl
             raise Invalid(f"object {obj.path!r}: a file has a sha256, a reference a uri")
         seen.add(obj.path)
         objects.append(obj)
+    db.lock_user(conn, user.id)  # names and uuids of this user: decided one claim at a time
     missing = missing_blobs(conn, user, file_shas)
     if missing:
         raise Conflict(f"upload these blobs first: {', '.join(missing[:5])}"

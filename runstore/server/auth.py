@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from runstore.server import db
 from runstore.server.paths import check_user
@@ -51,12 +52,16 @@ def _hash(token: str) -> str:
 def add_user(database: db.Database, name: str) -> str:
     """Create a user (and its first token); returns the token."""
     check_user(name)
-    with database.write() as conn:
-        if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first():
-            raise UserExists(f"user {name!r} already exists. Try: runstore user token {name}")
-        user_id = db.insert_returning_id(
-            conn, db.users.insert().values(name=name, created_at=time.time()))
-        return _new_token(conn, user_id, name)
+    exists = UserExists(f"user {name!r} already exists. Try: runstore user token {name}")
+    try:
+        with database.write() as conn:
+            if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first():
+                raise exists
+            user_id = db.insert_returning_id(
+                conn, db.users.insert().values(name=name, created_at=time.time()))
+            return _new_token(conn, user_id, name)
+    except IntegrityError:  # added concurrently (PostgreSQL: the unique name decided it)
+        raise exists from None
 
 
 def new_token(database: db.Database, name: str) -> str:

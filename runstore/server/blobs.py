@@ -132,14 +132,9 @@ class BlobStore:
                 os.fsync(dir_fd)
                 os.close(dir_fd)
         with self.database.write() as conn:
-            if conn.execute(select(db.blobs.c.sha256).where(db.blobs.c.sha256 == sha)
-                            ).first() is None:
-                conn.execute(db.blobs.insert().values(sha256=sha, size_bytes=size,
-                                                      created_at=time.time()))
-            if conn.execute(select(db.blob_owners.c.sha256).where(
-                    db.blob_owners.c.user_id == user_id, db.blob_owners.c.sha256 == sha)
-                    ).first() is None:
-                conn.execute(db.blob_owners.insert().values(user_id=user_id, sha256=sha))
+            # Two users may finish the same bytes at once: whoever is second inserts nothing.
+            db.insert_ignore(conn, db.blobs, sha256=sha, size_bytes=size, created_at=time.time())
+            db.insert_ignore(conn, db.blob_owners, user_id=user_id, sha256=sha)
 
 
 def check_size(size: int) -> int:

@@ -3,8 +3,9 @@
 Only this module knows the dialect. The embedded default is SQLite in ``<data>/server.db``; a
 ``postgresql+psycopg://`` URL works the same way because the handlers only use Core
 expressions, and every race that matters is decided by a unique constraint or a conditional
-UPDATE (``... WHERE metric_count = :expected``) rather than by SQLite's locking. On SQLite a
-process-wide lock additionally serialises write transactions (one writer anyway).
+UPDATE (``... WHERE metric_count = :expected``), and where a write first reads what it
+decides on, by a row lock (``SELECT ... FOR UPDATE``, see ``Database``) rather than by SQLite's
+single writer. On SQLite a process-wide lock additionally serialises write transactions.
 
 JSON documents (labels, hparams, platform, git, remote history, lineage entries) are stored
 as TEXT so that both dialects hold the same bytes. A NULL metric value is NaN.
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -31,16 +33,31 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
+    text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
 from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
 
+
+def _name(length: int) -> String:
+    """A name or path column: compared and ordered byte-wise on both dialects (SQLite's BINARY
+    collation; "C" on PostgreSQL, whatever the database's default locale)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+# Counts, offsets, steps and sizes are 64-bit on the wire (protocol.INT64_MAX): BIGINT, which
+# PostgreSQL needs (its INTEGER is 32-bit) and SQLite treats like any INTEGER.
+Int64 = BigInteger
+
 users = Table(
     "users", metadata,
     Column("id", Integer, primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
+    Column("name", _name(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
 )
 
@@ -57,7 +74,7 @@ folders = Table(
     "folders", metadata,
     Column("id", Integer, primary_key=True),
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    Column("path", String(4096), nullable=False, unique=True),
+    Column("path", _name(4096), nullable=False, unique=True),
     Column("parent_id", Integer, ForeignKey("folders.id", ondelete="CASCADE")),
     Column("created_at", Float, nullable=False),
 )
@@ -68,19 +85,19 @@ runs = Table(
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("uuid", String(64), nullable=False),
     Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
-    Column("name", String(128), nullable=False),             # the node name in its folder
+    Column("name", _name(128), nullable=False),              # the node name in its folder
     Column("run_name", String(128), nullable=False),         # the run's own (t9k) name
     Column("alternative_name", String(128), nullable=False),
     Column("labels", Text, nullable=False, default="[]"),
     Column("description", Text, nullable=False, default=""),
     Column("status", String(16), nullable=False),
-    Column("start_timestamp", String(64), nullable=False),
-    Column("end_timestamp", String(64)),
+    Column("start_timestamp", Text, nullable=False),
+    Column("end_timestamp", Text),
     Column("hparams", Text, nullable=False, default="{}"),
     Column("platform", Text, nullable=False, default="{}"),
     Column("git", Text, nullable=False, default="{}"),
     Column("remote", Text, nullable=False, default="[]"),
-    Column("metric_count", Integer, nullable=False, default=0),
+    Column("metric_count", Int64, nullable=False, default=0),
     Column("complete", Boolean, nullable=False, default=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
@@ -91,13 +108,13 @@ runs = Table(
 metrics = Table(
     "metrics", metadata,
     Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("type", String(256), nullable=False),
-    Column("key", String(256), nullable=False),
-    Column("step", Integer, nullable=False),
-    Column("epoch", Integer),
+    Column("seq", Int64, primary_key=True, autoincrement=False),
+    Column("type", _name(256), nullable=False),
+    Column("key", _name(256), nullable=False),
+    Column("step", Int64, nullable=False),
+    Column("epoch", Int64),
     Column("value", Float),
-    Column("timestamp", String(64), nullable=False),
+    Column("timestamp", Text, nullable=False),
     sqlite_with_rowid=False,
 )
 
@@ -107,12 +124,12 @@ artifacts = Table(
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("uuid", String(64), nullable=False),
     Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), nullable=False),
-    Column("name", String(128), nullable=False),
+    Column("name", _name(128), nullable=False),
     Column("artifact_name", String(128), nullable=False),
     Column("alternative_name", String(128), nullable=False),
     Column("labels", Text, nullable=False, default="[]"),
     Column("description", Text, nullable=False, default=""),
-    Column("created_timestamp", String(64), nullable=False),
+    Column("created_timestamp", Text, nullable=False),
     Column("remote", Text, nullable=False, default="[]"),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("owner_id", "uuid", name="artifacts_owner_uuid"),
@@ -123,17 +140,17 @@ artifact_objects = Table(
     "artifact_objects", metadata,
     Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="CASCADE"),
            primary_key=True),
-    Column("path", String(1024), primary_key=True),
+    Column("path", _name(1024), primary_key=True),
     Column("kind", String(16), nullable=False),
     Column("sha256", String(64), ForeignKey("blobs.sha256")),
-    Column("size_bytes", Integer),
+    Column("size_bytes", Int64),
     Column("uri", Text),
 )
 
 blobs = Table(
     "blobs", metadata,
     Column("sha256", String(64), primary_key=True),
-    Column("size_bytes", Integer, nullable=False),
+    Column("size_bytes", Int64, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -160,10 +177,32 @@ Index("runs_folder", runs.c.folder_id)
 Index("artifacts_folder", artifacts.c.folder_id)
 
 
+def normalize_url(url: str) -> str:
+    """A database URL as SQLAlchemy should see it: plain ``postgresql://`` (or ``postgres://``)
+    means the psycopg 3 driver that the ``runstore[postgres]`` extra installs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class Database:
-    """An engine plus the write discipline every handler uses."""
+    """An engine plus the write discipline every handler uses.
+
+    SQLite: one writer at a time (a process-wide lock, and SQLite's own), reads in one BEGIN
+    snapshot. PostgreSQL: writes run at READ COMMITTED and every decision that reads before
+    it writes first takes a row lock (``lock_user`` / ``lock_run``), so they are serialised
+    exactly where SQLite's single writer serialised them; reads run at REPEATABLE READ so a
+    response comes from one snapshot, as on SQLite.
+    """
 
     def __init__(self, url: str) -> None:
+        url = normalize_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -174,9 +213,14 @@ class Database:
             # _sqlite_pragmas); begin explicitly so reads see one snapshot.
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10,
+                                        max_overflow=30, isolation_level="READ COMMITTED")
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # The server and `runstore user ...` may create the schema at the same time.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7461281)"))
+            metadata.create_all(conn)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -185,18 +229,36 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction (serialised on SQLite)."""
+        """One write transaction (serialised on SQLite; row locks decide on PostgreSQL)."""
         lock = self._write_lock or contextlib.nullcontext()
         with lock, self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
+        """A read-only transaction on one snapshot (rolled back at the end)."""
         with self.engine.connect() as conn:
+            if not self.is_sqlite:  # the first statement of the (auto-begun) transaction
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_user(conn: Connection, user_id: int) -> None:
+    """Serialise the caller's write with every other one that calls this for the user (claims,
+    folder creation): the names in a user's folders and the uuids of a user's runs and
+    artifacts are then decided one at a time. FOR NO KEY UPDATE, so inserts that merely
+    reference the user (foreign keys) are not blocked. A no-op on SQLite (one writer)."""
+    conn.execute(select(users.c.id).where(users.c.id == user_id)
+                 .with_for_update(key_share=True))
+
+
+def insert_ignore(conn: Connection, table: Table, **values) -> None:
+    """INSERT the row unless one with the same key exists (ON CONFLICT DO NOTHING)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -2,7 +2,10 @@
 artifacts.py and reads.py. Each takes a SQLAlchemy Connection and the caller.
 
 Every function that writes runs inside ``Database.write()``; races are decided by unique
-constraints and conditional UPDATEs, so the same code is correct on PostgreSQL.
+constraints, conditional UPDATEs and row locks: a write that decides names or uuids (claims,
+folders, lineage, finalize) first locks the user's row (``db.lock_user``), one that appends to
+a run locks the run's row (``run_row(..., lock=True)``). On SQLite the single writer already
+serialises them; on PostgreSQL the locks do, so the same code is correct there.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ def ensure_root_folder(conn: Connection, user_id: int, name: str) -> None:
     """Create the user's root folder /<name> unless it exists."""
     path = f"/{name}"
     if conn.execute(select(db.folders.c.id).where(db.folders.c.path == path)).first() is None:
-        conn.execute(db.folders.insert().values(owner_id=user_id, path=path, parent_id=None,
-                                                created_at=time.time()))
+        db.insert_ignore(conn, db.folders, owner_id=user_id, path=path, parent_id=None,
+                         created_at=time.time())
 
 
 def own_parts(user: User, path: str, *, writing: bool) -> list[str]:
@@ -70,6 +73,7 @@ def folder_row(conn: Connection, user: User, path: str):
 def ensure_folder(conn: Connection, user: User, path: str, make_parents: bool) -> p.FolderInfo:
     """Create the folder (with parents when asked; the user's default folder always)."""
     parts = own_parts(user, path, writing=True)
+    db.lock_user(conn, user.id)
     ensure_root_folder(conn, user.id, user.name)
     allowed = make_parents or parts == [user.name, "default"]
     parent_id, created = None, False
@@ -146,11 +150,15 @@ def check_names(uuid: str, name: str, alternative_name: str) -> None:
         raise invalid(exc) from None
 
 
-def run_row(conn: Connection, user: User, uuid: str):
-    """The user's run row (with folder_path), or NotFound."""
-    row = conn.execute(select(db.runs, db.folders.c.path.label("folder_path"))
-                       .join(db.folders, db.folders.c.id == db.runs.c.folder_id)
-                       .where(db.runs.c.owner_id == user.id, db.runs.c.uuid == uuid)).first()
+def run_row(conn: Connection, user: User, uuid: str, *, lock: bool = False):
+    """The user's run row (with folder_path), or NotFound. lock: SELECT ... FOR UPDATE OF
+    runs (until the transaction ends; a no-op on SQLite, whose writer is alone anyway)."""
+    stmt = (select(db.runs, db.folders.c.path.label("folder_path"))
+            .join(db.folders, db.folders.c.id == db.runs.c.folder_id)
+            .where(db.runs.c.owner_id == user.id, db.runs.c.uuid == uuid))
+    if lock:
+        stmt = stmt.with_for_update(of=db.runs)
+    row = conn.execute(stmt).first()
     if row is None:
         raise NotFound(f"run {uuid} not found")
     return row
@@ -169,9 +177,10 @@ def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimRespons
     """Decide created/resumed/skipped/renamed/replaced (or NameConflict) atomically."""
     check_names(claim.uuid, claim.name, claim.alternative_name)
     own_parts(user, claim.folder, writing=True)
+    db.lock_user(conn, user.id)  # from here on, no other claim of this user is being decided
     folder = folder_row(conn, user, claim.folder)
     try:
-        run = run_row(conn, user, claim.uuid)
+        run = run_row(conn, user, claim.uuid, lock=True)
     except NotFound:
         run = None
     if run is not None:
@@ -203,7 +212,7 @@ def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimRespons
 def append_metrics(conn: Connection, user: User, uuid: str, offset: int,
                    rows: list[tuple]) -> p.MetricAck:
     """Rows at offset: a replay is a no-op, a gap is OffsetGap, the rest is appended."""
-    run = run_row(conn, user, uuid)
+    run = run_row(conn, user, uuid, lock=True)  # concurrent appends to one run: one at a time
     count = run.metric_count
     if offset > count:
         raise OffsetGap(f"offset {offset} leaves a gap: the server holds {count} rows of run "
@@ -232,7 +241,8 @@ def artifact_row(conn: Connection, user: User, uuid: str):
 
 def set_lineage(conn: Connection, user: User, uuid: str, lineage: p.Lineage) -> p.Lineage:
     """Replace the run's lineage links (idempotent)."""
-    run = run_row(conn, user, uuid)
+    db.lock_user(conn, user.id)
+    run = run_row(conn, user, uuid, lock=True)
     conn.execute(delete(db.lineage).where(db.lineage.c.run_id == run.id))
     for direction, entries in (("input", lineage.input), ("output", lineage.output)):
         for position, item in enumerate(entries):
@@ -247,7 +257,8 @@ def set_lineage(conn: Connection, user: User, uuid: str, lineage: p.Lineage) -> 
 
 def finalize_run(conn: Connection, user: User, uuid: str,
                  body: p.RunFinalize) -> p.FinalizeResponse:
-    run = run_row(conn, user, uuid)
+    db.lock_user(conn, user.id)
+    run = run_row(conn, user, uuid, lock=True)
     if body.metric_count != run.metric_count:
         raise OffsetGap(f"run {uuid}: the server holds {run.metric_count} metric rows, the "
                         f"client finalized with {body.metric_count}; send the missing rows")
