@@ -275,7 +275,8 @@ class Run:
         with self._store.write() as conn:
             conn.execute(
                 "UPDATE runs SET status = 'Running', end_timestamp = NULL, hostname = ?, "
-                "pid = ?, pid_start = ?, heartbeat_at = ? WHERE id = ?",
+                "pid = ?, pid_start = ?, heartbeat_at = ?, generation = generation + 1 "
+                "WHERE id = ?",
                 (hostname(), pid, pid_start, time.time(), self.id))
         self._status, self._end = "Running", None
         self._owner_pid = os.getpid()

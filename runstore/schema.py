@@ -42,7 +42,8 @@ CREATE TABLE runs (
     pid               INTEGER,
     pid_start         TEXT,
     heartbeat_at      REAL,
-    metric_count      INTEGER NOT NULL DEFAULT 0
+    metric_count      INTEGER NOT NULL DEFAULT 0,
+    generation        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX runs_name ON runs(name);
 CREATE INDEX runs_status ON runs(status);

@@ -184,7 +184,7 @@ def _run_metadata(store: Store, run, record: dict[str, Any] | None) -> dict[str,
             "status": run["status"], "start_timestamp": run["start_timestamp"],
             "end_timestamp": run["end_timestamp"], "hparams": json.loads(run["hparams"]),
             "platform": json.loads(run["platform"]), "git": json.loads(run["git"]),
-            "remote": history}
+            "remote": history, "generation": run["generation"]}
 
 
 def _resend(body: bytes) -> Callable[[], bytes]:
@@ -325,8 +325,10 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
                           json={"metric_count": acked, "metadata": metadata})
     if finished:
         _mark_done(store, run_uuid, done["remote_path"], acked, client, history=True)
+    # A run that was Running when this upload began went up partially, whatever the server
+    # holds now (a faster, final upload may have completed it meanwhile).
     return UploadResult(run_uuid, claim["outcome"], done["remote_path"], tally.metrics_sent,
-                        tally.blobs_sent, tally.bytes_sent, bool(done["complete"]))
+                        tally.blobs_sent, tally.bytes_sent, finished and bool(done["complete"]))
 
 
 def _mark_done(store: Store, run_uuid: str, remote_path: str, acked: int, client: Client,

@@ -99,6 +99,7 @@ runs = Table(
     Column("remote", Text, nullable=False, default="[]"),
     Column("metric_count", Int64, nullable=False, default=0),
     Column("complete", Boolean, nullable=False, default=False),
+    Column("generation", Int64, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("owner_id", "uuid", name="runs_owner_uuid"),

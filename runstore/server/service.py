@@ -169,8 +169,19 @@ def _run_meta_values(meta: p.RunMetadata) -> dict[str, Any]:
         "labels": dumps(meta.labels), "description": meta.description, "status": meta.status,
         "start_timestamp": meta.start_timestamp, "end_timestamp": meta.end_timestamp,
         "hparams": dumps(meta.hparams), "platform": dumps(meta.platform),
-        "git": dumps(meta.git), "remote": dumps(meta.remote),
+        "git": dumps(meta.git), "remote": dumps(meta.remote), "generation": meta.generation,
     }
+
+
+def _is_stale(run: Any, meta: p.RunMetadata) -> bool:
+    """True if meta describes an older state of the run than the server holds.
+
+    States are ordered by (generation, complete): a re-open (load_run) starts a newer
+    generation; within one, Running comes before the finish. A slow upload that read the run
+    before it finished must not undo the finalize of a faster one.
+    """
+    mine = (meta.generation, meta.status != "Running")
+    return mine < (run.generation, bool(run.complete))
 
 
 def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimResponse:
@@ -184,10 +195,15 @@ def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimRespons
     except NotFound:
         run = None
     if run is not None:
-        if claim.metadata.status == "Running" and run.complete:
+        reopened = claim.metadata.generation > run.generation
+        if claim.metadata.status == "Running" and run.complete and reopened:
             # Loaded back and continued elsewhere: it is live again until the next finalize.
             conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
-                status="Running", end_timestamp=None, complete=False, updated_at=time.time()))
+                status="Running", end_timestamp=None, complete=False,
+                generation=claim.metadata.generation, updated_at=time.time()))
+            return p.ClaimResponse(outcome="resumed", uuid=claim.uuid,
+                                   remote_path=f"{run.folder_path}/{run.name}",
+                                   metric_count=run.metric_count, complete=False)
         return p.ClaimResponse(outcome="resumed", uuid=claim.uuid,
                                remote_path=f"{run.folder_path}/{run.name}",
                                metric_count=run.metric_count,
@@ -259,6 +275,9 @@ def finalize_run(conn: Connection, user: User, uuid: str,
                  body: p.RunFinalize) -> p.FinalizeResponse:
     db.lock_user(conn, user.id)
     run = run_row(conn, user, uuid, lock=True)
+    if _is_stale(run, body.metadata):  # a slower upload of an older state: keep the newer
+        return p.FinalizeResponse(uuid=uuid, remote_path=f"{run.folder_path}/{run.name}",
+                                  metric_count=run.metric_count, complete=bool(run.complete))
     if body.metric_count != run.metric_count:
         raise OffsetGap(f"run {uuid}: the server holds {run.metric_count} metric rows, the "
                         f"client finalized with {body.metric_count}; send the missing rows")

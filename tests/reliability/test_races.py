@@ -12,8 +12,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 import runstore as em
 from runstore.remote import Client, upload_run
 from runstore.store import Store
@@ -28,12 +26,6 @@ def _server_copy(data_dir: Path, uuid: str) -> tuple:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (runstore.remote.upload_run): an upload that began while the run was Running ends "
-    "with finalize(status=Running) even when the run finished meanwhile ('only what was "
-    "sent is final'); when the final upload got there first, this stale finalize turns the "
-    "server's complete run back to Running/incomplete (claim and finalize with status "
-    "Running un-complete it unconditionally), while the store keeps it marked synced."))
 def test_a_partial_upload_overtaken_by_the_final_one_leaves_the_run_complete(
         store: Store, server, token):
     run = em.create_run(name="live")
@@ -60,3 +52,39 @@ def test_a_partial_upload_overtaken_by_the_final_one_leaves_the_run_complete(
     assert state == "synced"
     status, complete, count, end = _server_copy(server.data_dir, run.uuid)
     assert (status, bool(complete), count) == ("Complete", True, 501), (status, complete, end)
+
+
+def test_a_stale_claim_after_the_final_upload_does_not_reopen_the_run(store: Store, server,
+                                                                       token):
+    """The partial upload read the run while Running, but its claim reaches the server only
+    after the final upload finalized: same generation, so the server stays complete. A real
+    re-open (load_run, a newer generation) does make it live again."""
+    run = em.create_run(name="late")
+    run.log("train", {"loss": 1.0}, step=0)
+    run.flush()
+    stale_row = store.read("SELECT * FROM runs WHERE uuid = ?", (run.uuid,))[0]
+    run.finish()
+    with Client(server.url, token) as client:
+        assert upload_run(store, run.uuid, client).complete
+        from runstore.remote.upload import _run_metadata
+
+        meta = _run_metadata(store, stale_row, None)  # status Running, generation 0
+        claim = client.request("POST", "/runs/claim", json={
+            "uuid": run.uuid, "name": "late", "alternative_name": run.alternative_name,
+            "folder": "/alice/default", "conflict_strategy": "new", "metadata": meta})
+        assert claim["outcome"] == "resumed"
+        assert _server_copy(server.data_dir, run.uuid)[:2] == ("Complete", 1)
+        done = client.request("POST", f"/runs/{run.uuid}/finalize",
+                              json={"metric_count": 1, "metadata": meta})
+        assert done["complete"] and _server_copy(server.data_dir, run.uuid)[:2] == (
+            "Complete", 1)
+
+        again = em.load_run(run.uuid)  # generation 1
+        again.log("train", {"loss": 0.5}, step=1)
+        again.flush()
+        live = upload_run(store, run.uuid, client)
+        assert not live.complete
+        assert _server_copy(server.data_dir, run.uuid)[:3] == ("Running", 0, 2)
+        again.finish()
+        assert upload_run(store, run.uuid, client).complete
+        assert _server_copy(server.data_dir, run.uuid)[:3] == ("Complete", 1, 2)
