@@ -364,7 +364,11 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
     """After any step: nothing twice on the server, nothing there that was not logged, and
     nothing marked synced that the server does not hold (or that is absent by design)."""
     key = str(data_dir)
-    server = read_server(data_dir, with_rows=False)  # first: the store only grows afterwards
+    # The order of the reads matters while uploads go on. Sync states are read before the
+    # server (a run marked synced stays complete there), rows after it (the store's rows only
+    # grow, so every server row must already be in the store).
+    before = read_local(home, with_rows=False)["runs"]
+    server = read_server(data_dir, with_rows=False)
     local = read_local(home, with_rows=False)
     stale = {u for u, copies in server["runs"].items()
              if _VERIFIED.get((key, u)) != _summary(copies, local["runs"].get(u))}
@@ -410,15 +414,14 @@ def check_invariants(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> 
             problems.append(f"artifact {uuid} on the server was never created here")
         elif any(c != local["artifacts"][uuid] for c in copies):
             problems.append(f"artifact {uuid}: objects differ from the local ones")
-    # Promise 4: 'synced' only after the server acknowledged.
-    for uuid, r in lruns.items():
-        if r["state"] != "synced":
+    # Promise 4: 'synced' only after the server acknowledged. (A run re-opened by load_run()
+    # keeps its old 'synced' mark while it runs: that mark is about its ended state.)
+    for uuid, r in before.items():
+        if r["state"] != "synced" or r["status"] == "Running":
             continue
         copies = server["runs"].get(uuid, [])
-        if copies and copies[0]["complete"] and (
-                copies[0]["n_rows"] == r["n_rows"]
-                or (model[uuid].reopened and copies[0]["n_rows"] < r["n_rows"])):
-            continue  # (synced before it was re-opened: it is pending again once it ends)
+        if copies and copies[0]["complete"] and copies[0]["n_rows"] == r["n_rows"]:
+            continue
         if not copies and _explained_absent(model[uuid], model):
             continue
         problems.append(f"run {uuid} ({r['name']}) is marked synced, but the server holds "
