@@ -41,6 +41,8 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/log_throughput.py
 	$(BIN)/python benchmarks/concurrent_writers.py
+	$(BIN)/python benchmarks/upload_throughput.py
+	$(BIN)/python benchmarks/sync_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
