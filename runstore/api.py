@@ -117,13 +117,7 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
     """
     check_conflict_strategy(conflict_strategy)
     store = default_store()
-    row = _find_local(store, str(path), find_run_row, "runs")
-    if row is None:
-        from runstore.remote import Client, download_run
-
-        with Client.from_config() as client:
-            run_uuid = download_run(store, str(path), client)
-        row = find_run_row(store, run_uuid)
+    row = _local_or_downloaded(store, str(path), "runs")
     with store.write() as conn:
         conn.execute("UPDATE runs SET folder = ?, make_folder = ?, conflict_strategy = ?, "
                      "auto_upload = ? WHERE id = ?",
@@ -136,6 +130,20 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
         run._reopen()
     run._start_tee()
     return run
+
+
+def _local_or_downloaded(store: Store, ref: str, table: str) -> Any:
+    """The row of a run/artifact found locally, else downloaded from the server (t9k order:
+    local first; a remote path holds a '/')."""
+    finder = find_run_row if table == "runs" else find_artifact_row
+    row = _find_local(store, ref, finder, table)
+    if row is not None:
+        return row
+    from runstore import remote
+
+    download = remote.download_run if table == "runs" else remote.download_artifact
+    with remote.Client.from_config() as client:
+        return finder(store, download(store, ref, client))
 
 
 def _find_local(store: Store, ref: str, finder: Any, table: str) -> Any:
@@ -163,14 +171,7 @@ def create_artifact(name: str, labels: list[str] | None = None,
 def load_artifact(path: str | os.PathLike[str]) -> Artifact:
     """Load an artifact (local dir, name, alternative name or UUID; else from the server)."""
     store = default_store()
-    row = _find_local(store, str(path), find_artifact_row, "artifacts")
-    if row is None:
-        from runstore.remote import Client, download_artifact
-
-        with Client.from_config() as client:
-            art_uuid = download_artifact(store, str(path), client)
-        row = find_artifact_row(store, art_uuid)
-    return Artifact({}, store=store, _row=row)
+    return Artifact({}, store=store, _row=_local_or_downloaded(store, str(path), "artifacts"))
 
 
 def upload(path: str, folder: str = "default", make_folder: bool = False,

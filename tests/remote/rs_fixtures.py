@@ -10,6 +10,7 @@ import secrets
 import uuid as uuidlib
 from pathlib import Path
 
+from runstore.remote import Client
 from runstore.store import Store
 
 
@@ -116,3 +117,25 @@ def local_rows(store: Store, run_uuid: str) -> list[tuple]:
     return [tuple(r) for r in store.read(
         "SELECT m.type, m.key, m.step, m.epoch, m.value, m.timestamp FROM metrics m "
         "JOIN runs r ON r.id = m.run_id WHERE r.uuid = ? ORDER BY m.seq", (run_uuid,))]
+
+
+def server_rows(client: Client, run_uuid: str) -> list[tuple]:
+    """Every metric row the server holds of a run, decoded (NaN as None)."""
+    out, offset = [], 0
+    while True:
+        page = client.request("GET", f"/runs/{run_uuid}/metrics",
+                              params={"offset": offset, "limit": 50_000})
+        for t, k, step, epoch, v, ts in page["rows"]:
+            v = {"NaN": None, "Infinity": math.inf, "-Infinity": -math.inf}[v] \
+                if isinstance(v, str) else float(v)
+            out.append((t, k, step, epoch, v, ts))
+        if not page["rows"]:
+            return out
+        offset = page["offset"]
+
+
+def same_rows(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal row lists, NaN (None) equal to NaN."""
+    return len(a) == len(b) and all(
+        x[:4] == y[:4] and x[5] == y[5] and (x[4] == y[4] or (x[4] is None and y[4] is None))
+        for x, y in zip(a, b, strict=True))

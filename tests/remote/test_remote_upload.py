@@ -6,7 +6,16 @@ import math
 
 import httpx
 import pytest
-from rs_fixtures import add_metrics, finish, link, local_rows, make_artifact, make_run
+from rs_fixtures import (
+    add_metrics,
+    finish,
+    link,
+    local_rows,
+    make_artifact,
+    make_run,
+    same_rows,
+    server_rows,
+)
 
 from runstore.errors import ConflictError, TransientRemoteError
 from runstore.remote import Client, FolderNotFoundError, download_run, list_remote, upload_run
@@ -20,24 +29,8 @@ def client(server, alice):
         yield c
 
 
-def server_rows(client: Client, run_uuid: str) -> list[tuple]:
-    out, offset = [], 0
-    while True:
-        page = client.request("GET", f"/runs/{run_uuid}/metrics",
-                              params={"offset": offset, "limit": 50_000})
-        for t, k, step, epoch, v, ts in page["rows"]:
-            v = {"NaN": None, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v) \
-                if isinstance(v, str) else float(v)
-            out.append((t, k, step, epoch, v, ts))
-        if not page["rows"]:
-            return out
-        offset = page["offset"]
 
 
-def same_rows(a: list[tuple], b: list[tuple]) -> bool:
-    return len(a) == len(b) and all(
-        x[:4] == y[:4] and x[5] == y[5] and (x[4] == y[4] or (x[4] is None and y[4] is None))
-        for x, y in zip(a, b, strict=True))
 
 
 def folder_runs(client: Client, folder: str = "/alice/default") -> dict[str, str]:

@@ -20,7 +20,14 @@ from runstore import protocol as p
 from runstore.errors import ConflictError
 from runstore.remote import Client, list_remote, upload_run
 from runstore.store import Store
-from tests.remote.rs_fixtures import link, local_rows, make_artifact, make_run
+from tests.remote.rs_fixtures import (
+    link,
+    local_rows,
+    make_artifact,
+    make_run,
+    same_rows,
+    server_rows,
+)
 from tests.server_harness import FaultProxy, ServerProcess, run_cli
 
 API = p.API_PREFIX
@@ -43,24 +50,8 @@ def client(pg_server: ServerProcess, pg_alice: str):
         yield c
 
 
-def server_rows(client: Client, run_uuid: str) -> list[tuple]:
-    out, offset = [], 0
-    while True:
-        page = client.request("GET", f"/runs/{run_uuid}/metrics",
-                              params={"offset": offset, "limit": 50_000})
-        for t, k, step, epoch, v, ts in page["rows"]:
-            v = {"NaN": None, "Infinity": math.inf, "-Infinity": -math.inf}[v] \
-                if isinstance(v, str) else float(v)
-            out.append((t, k, step, epoch, v, ts))
-        if not page["rows"]:
-            return out
-        offset = page["offset"]
 
 
-def same_rows(a: list[tuple], b: list[tuple]) -> bool:
-    return len(a) == len(b) and all(
-        x[:4] == y[:4] and x[5] == y[5] and (x[4] == y[4] or (x[4] is None and y[4] is None))
-        for x, y in zip(a, b, strict=True))
 
 
 def folder_nodes(client: Client, folder: str = "/alice/default") -> dict[str, str]:
