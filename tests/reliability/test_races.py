@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 import runstore as em
 from runstore.remote import Client, upload_run
 from runstore.store import Store
@@ -88,3 +90,57 @@ def test_a_stale_claim_after_the_final_upload_does_not_reopen_the_run(store: Sto
         again.finish()
         assert upload_run(store, run.uuid, client).complete
         assert _server_copy(server.data_dir, run.uuid)[:3] == ("Complete", 1, 2)
+
+
+def _server_lineage(data_dir: Path, uuid: str) -> list[str]:
+    conn = sqlite3.connect(f"file:{data_dir / 'server.db'}?mode=ro", uri=True)
+    try:
+        return [u for (u,) in conn.execute(
+            "SELECT a.uuid FROM lineage l JOIN runs r ON r.id = l.run_id LEFT JOIN artifacts a "
+            "ON a.id = l.artifact_id WHERE r.uuid = ? ORDER BY l.direction, l.position",
+            (uuid,))]
+    finally:
+        conn.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (runstore.remote.upload_run / server set_lineage): an upload of an older generation "
+    "(its lineage read before the run was re-opened and given another artifact) that sends "
+    "PUT /runs/{uuid}/lineage after the newer, final upload replaces the server's lineage "
+    "with the older one; the forward-only rule of f0522fc covers status and completeness, "
+    "not lineage. The store says synced; the server lacks the newer artifact link."))
+def test_an_older_upload_overtaken_by_a_newer_one_keeps_the_newer_lineage(
+        store: Store, server, token, tmp_path: Path):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"first" * 100_000)
+    run = em.create_run(name="lineage")
+    run.log("train", {"loss": 1.0}, step=0)
+    first = em.create_artifact("first")
+    first.add_file(str(weights))
+    run.mark_output(first)
+    run.finish()  # generation 0, with one output
+    newer = []
+
+    def reopen_and_upload_meanwhile(done: int, total: int) -> None:
+        # Inside the older upload, after it read the lineage (while it sends the blob): the
+        # job is requeued (load_run), makes a second artifact, ends, and its upload completes.
+        if done > 0 and not newer:
+            again = em.load_run(run.uuid)
+            second = em.create_artifact("second")
+            weights.write_bytes(b"second" * 10)
+            second.add_file(str(weights))
+            again.mark_output(second)
+            again.log("train", {"loss": 0.5}, step=1)
+            again.finish()
+            newer.append(second.uuid)
+            with Client(server.url, token) as other:
+                assert upload_run(store, run.uuid, other).complete
+            assert _server_lineage(server.data_dir, run.uuid) == [first.uuid, second.uuid]
+
+    with Client(server.url, token) as client:
+        upload_run(store, run.uuid, client, progress=reopen_and_upload_meanwhile)
+    assert newer
+    state = store.read("SELECT s.state FROM sync_state s JOIN runs r ON r.id = s.run_id "
+                       "WHERE r.uuid = ?", (run.uuid,))[0][0]
+    assert state == "synced"
+    assert _server_lineage(server.data_dir, run.uuid) == [first.uuid, newer[0]]
