@@ -158,6 +158,14 @@ class Lineage(Message):
     output: list[LineageEntry] = Field(default_factory=list)
 
 
+class LineageUpdate(Lineage):
+    """PUT /runs/{uuid}/lineage: the links, and the state of the run they were read from
+    (generation, status), so that an older upload never replaces a newer upload's links."""
+
+    generation: int = Field(default=0, ge=0, le=INT64_MAX)
+    status: RunStatus = "Running"
+
+
 class RunFinalize(Message):
     metric_count: int = Field(ge=0, le=INT64_MAX)
     metadata: RunMetadata

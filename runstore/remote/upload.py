@@ -315,7 +315,9 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
 
     acked = push_metrics(client, store, run, run_uuid, claim["metric_count"], local_count,
                          tally)
-    client.request("PUT", f"/runs/{run_uuid}/lineage", json=lineage)
+    client.request("PUT", f"/runs/{run_uuid}/lineage", json={
+        **lineage, "generation": run["generation"],
+        "status": run["status"] if finished else "Running"})
     # Re-read: the run may have finished while we uploaded; only what was sent is final.
     run = _run_row(store, run_uuid)
     metadata = _run_metadata(store, run, record)

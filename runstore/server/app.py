@@ -218,7 +218,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         return read(reads.metric_page, _user(request), uuid, offset, limit, type, key)
 
     @app.put(f"{API}/runs/{{uuid}}/lineage", response_model=p.Lineage)
-    def put_lineage(request: Request, uuid: str, body: p.Lineage) -> p.Lineage:
+    def put_lineage(request: Request, uuid: str, body: p.LineageUpdate) -> p.Lineage:
         _checked(check_uuid, uuid)
         return write(service.set_lineage, _user(request), uuid, body)
 

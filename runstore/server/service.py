@@ -173,15 +173,14 @@ def _run_meta_values(meta: p.RunMetadata) -> dict[str, Any]:
     }
 
 
-def _is_stale(run: Any, meta: p.RunMetadata) -> bool:
-    """True if meta describes an older state of the run than the server holds.
+def _is_stale(run: Any, generation: int, status: str) -> bool:
+    """True if (generation, status) is an older state of the run than the server holds.
 
     States are ordered by (generation, complete): a re-open (load_run) starts a newer
     generation; within one, Running comes before the finish. A slow upload that read the run
     before it finished must not undo the finalize of a faster one.
     """
-    mine = (meta.generation, meta.status != "Running")
-    return mine < (run.generation, bool(run.complete))
+    return (generation, status != "Running") < (run.generation, bool(run.complete))
 
 
 def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimResponse:
@@ -195,15 +194,19 @@ def claim_run(conn: Connection, user: User, claim: p.RunClaim) -> p.ClaimRespons
     except NotFound:
         run = None
     if run is not None:
-        reopened = claim.metadata.generation > run.generation
-        if claim.metadata.status == "Running" and run.complete and reopened:
-            # Loaded back and continued elsewhere: it is live again until the next finalize.
-            conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
-                status="Running", end_timestamp=None, complete=False,
-                generation=claim.metadata.generation, updated_at=time.time()))
+        if claim.metadata.generation > run.generation:
+            # Loaded back (load_run) and continued: from now on, uploads of an older
+            # generation are stale; a Running claim makes it live until the next finalize.
+            values: dict[str, Any] = {"generation": claim.metadata.generation,
+                                      "updated_at": time.time()}
+            if claim.metadata.status == "Running":
+                values.update(status="Running", end_timestamp=None, complete=False)
+            conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(**values))
             return p.ClaimResponse(outcome="resumed", uuid=claim.uuid,
                                    remote_path=f"{run.folder_path}/{run.name}",
-                                   metric_count=run.metric_count, complete=False)
+                                   metric_count=run.metric_count,
+                                   complete=claim.metadata.status != "Running"
+                                   and bool(run.complete))
         return p.ClaimResponse(outcome="resumed", uuid=claim.uuid,
                                remote_path=f"{run.folder_path}/{run.name}",
                                metric_count=run.metric_count,
@@ -255,10 +258,13 @@ def artifact_row(conn: Connection, user: User, uuid: str):
     return row
 
 
-def set_lineage(conn: Connection, user: User, uuid: str, lineage: p.Lineage) -> p.Lineage:
-    """Replace the run's lineage links (idempotent)."""
+def set_lineage(conn: Connection, user: User, uuid: str,
+                lineage: p.LineageUpdate) -> p.Lineage:
+    """Replace the run's lineage links (idempotent); an older state's links are ignored."""
     db.lock_user(conn, user.id)
     run = run_row(conn, user, uuid, lock=True)
+    if _is_stale(run, lineage.generation, lineage.status):
+        return p.Lineage(input=lineage.input, output=lineage.output)
     conn.execute(delete(db.lineage).where(db.lineage.c.run_id == run.id))
     for direction, entries in (("input", lineage.input), ("output", lineage.output)):
         for position, item in enumerate(entries):
@@ -268,14 +274,15 @@ def set_lineage(conn: Connection, user: User, uuid: str, lineage: p.Lineage) -> 
             conn.execute(db.lineage.insert().values(
                 run_id=run.id, direction=direction, position=position, kind=item.kind,
                 artifact_id=artifact_id, entry=dumps(item.entry)))
-    return lineage
+    return p.Lineage(input=lineage.input, output=lineage.output)
 
 
 def finalize_run(conn: Connection, user: User, uuid: str,
                  body: p.RunFinalize) -> p.FinalizeResponse:
     db.lock_user(conn, user.id)
     run = run_row(conn, user, uuid, lock=True)
-    if _is_stale(run, body.metadata):  # a slower upload of an older state: keep the newer
+    if _is_stale(run, body.metadata.generation, body.metadata.status):
+        # a slower upload of an older state: keep the newer
         return p.FinalizeResponse(uuid=uuid, remote_path=f"{run.folder_path}/{run.name}",
                                   metric_count=run.metric_count, complete=bool(run.complete))
     if body.metric_count != run.metric_count:

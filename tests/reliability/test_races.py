@@ -12,8 +12,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 import runstore as em
 from runstore.remote import Client, upload_run
 from runstore.store import Store
@@ -103,12 +101,6 @@ def _server_lineage(data_dir: Path, uuid: str) -> list[str]:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (runstore.remote.upload_run / server set_lineage): an upload of an older generation "
-    "(its lineage read before the run was re-opened and given another artifact) that sends "
-    "PUT /runs/{uuid}/lineage after the newer, final upload replaces the server's lineage "
-    "with the older one; the forward-only rule of f0522fc covers status and completeness, "
-    "not lineage. The store says synced; the server lacks the newer artifact link."))
 def test_an_older_upload_overtaken_by_a_newer_one_keeps_the_newer_lineage(
         store: Store, server, token, tmp_path: Path):
     weights = tmp_path / "w.bin"
