@@ -160,13 +160,12 @@ class ChainMachine(RuleBasedStateMachine):
         self.chain.start_agent()
 
     def _reopenable(self) -> list[str]:
-        """Ended origin runs without a conflict on their name. Not those uploaded by hand: a
-        hand upload of an older generation that lands after the final upload still replaces
-        the server's lineage with its older one (test_races.py, open in runstore.remote)."""
+        """Ended origin runs without a conflict on their name (re-opened or uploaded by hand,
+        they keep to their folder and name)."""
         taken = {(r.folder, r.name) for r in self.model.values() if r.role == "conflict"}
         return sorted(u for u, r in self.model.items() if r.role == "origin" and r.finished
                       and not r.bad_folder and (r.folder, r.name) not in taken
-                      and u not in self.open and not r.manual)
+                      and u not in self.open)
 
     @precondition(lambda self: len(self.open) < 3 and self._reopenable())
     @rule(data=st.data(), rows=st.integers(1, 3000), auto_upload=st.booleans())
