@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import socket
 import sqlite3
 import tempfile
@@ -309,15 +308,6 @@ def process_alive(pid: int, start_id: str | None) -> bool:
             return False
     return True
 
-
-def copy_file_atomic(source: Path, dest: Path) -> None:
-    """Copy to a temporary name beside dest, fsync, rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
 
 
 # A run whose owner lives on another host (a store shared across hosts, which is unsupported
