@@ -158,12 +158,15 @@ def download_run(store: Store, path: str, client: Client) -> str:
         run_id = conn.execute(
             "INSERT INTO runs (uuid, name, alternative_name, labels, description, status, "
             "start_timestamp, end_timestamp, hparams, platform, git, local_dir, folder, "
-            "hostname, metric_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            "hostname, generation, metric_count) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (uuid, detail["name"], detail["alternative_name"], json.dumps(meta["labels"]),
              meta["description"], meta["status"], meta["start_timestamp"],
              meta["end_timestamp"], json.dumps(meta["hparams"]), json.dumps(meta["platform"]),
              json.dumps(meta["git"]), str(local_dir), detail["folder"],
-             str(meta["platform"].get("hostname") or "unknown"))).lastrowid
+             str(meta["platform"].get("hostname") or "unknown"),
+             # the server's generation: a re-open here continues after it, never before
+             meta.get("generation", 0))).lastrowid
         offset = 0
         while offset < detail["metric_count"]:
             page = client.request("GET", f"/runs/{uuid}/metrics",

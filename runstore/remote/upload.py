@@ -42,6 +42,15 @@ class LocalDataError(RunstoreError):
 
 
 @dataclass(frozen=True)
+class _State:
+    """What identifies a run's state for syncing: rows only grow, and status only changes
+    within a generation from Running to an end (load_run starts the next generation)."""
+    generation: int
+    status: str
+    metric_count: int
+
+
+@dataclass(frozen=True)
 class UploadResult:
     run_uuid: str            # the uploaded entity's UUID (a run's, or an artifact's)
     outcome: str             # 'created' | 'resumed' | 'skipped' | 'renamed' | 'replaced'
@@ -286,14 +295,18 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     # Rows that exist now; a Running run may log more, they go up next time.
     local_count = store.read("SELECT COALESCE(MAX(seq) + 1, 0) FROM metrics WHERE run_id = ?",
                              (run["id"],))[0][0]
+    # The state this upload sends. The run is marked synced only if it is still in exactly
+    # this state when the server has acknowledged it (see _mark_done).
+    seen = _State(run["generation"], run["status"], local_count)
     tally = _Tally(progress)
 
     folder_path = ensure_folder(client, folder, make_folder)
     ahead = check_server_copy(client, store, run, local_count)
     if ahead is not None:  # the server holds all of this (restored) store's rows, and more
-        if finished:
-            _mark_done(store, run_uuid, ahead["path"], local_count, client, history=False)
-        return UploadResult(run_uuid, "resumed", ahead["path"], 0, 0, 0, ahead["complete"])
+        marked = finished and _mark_done(store, run_uuid, ahead["path"], seen, client,
+                                         history=False)
+        return UploadResult(run_uuid, "resumed", ahead["path"], 0, 0, 0,
+                            bool(ahead["complete"]) and (marked or not finished))
     record = {"action": "upload", "timestamp": now_iso(), "host": client.host,
               "path": f"{folder_path}/{run['name']}", "id": run_uuid}
     claim = client.request("POST", "/runs/claim", json={
@@ -301,9 +314,9 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
         "folder": folder_path, "conflict_strategy": strategy,
         "metadata": _run_metadata(store, run, record)})
     if claim["outcome"] == "skipped":
-        if finished:
-            _mark_done(store, run_uuid, claim["remote_path"], 0, client, history=False)
-        return UploadResult(run_uuid, "skipped", claim["remote_path"], 0, 0, 0, finished)
+        marked = finished and _mark_done(store, run_uuid, claim["remote_path"], seen, client,
+                                         history=False, acked=0)
+        return UploadResult(run_uuid, "skipped", claim["remote_path"], 0, 0, 0, marked)
 
     tally.add_total(max(0, local_count - claim["metric_count"]))
     lineage = _lineage(store, run)
@@ -318,39 +331,52 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     client.request("PUT", f"/runs/{run_uuid}/lineage", json={
         **lineage, "generation": run["generation"],
         "status": run["status"] if finished else "Running"})
-    # Re-read: the run may have finished while we uploaded; only what was sent is final.
-    run = _run_row(store, run_uuid)
+    # Re-read for what may change within one generation while we uploaded (hparams,
+    # description, a Running run's end). Only what was sent is final: a run that was Running
+    # when this upload began stays Running on the server. A run loaded back meanwhile
+    # (load_run: a newer generation) is finalized as the state we read and sent; its new
+    # generation goes up with the next upload.
+    again = _run_row(store, run_uuid)
+    if again["generation"] == run["generation"]:
+        run = again
     metadata = _run_metadata(store, run, record)
     if run["status"] != "Running" and not finished:
         metadata["status"], metadata["end_timestamp"] = "Running", None
     done = client.request("POST", f"/runs/{run_uuid}/finalize",
                           json={"metric_count": acked, "metadata": metadata})
-    if finished:
-        _mark_done(store, run_uuid, done["remote_path"], acked, client, history=True)
-    # A run that was Running when this upload began went up partially, whatever the server
-    # holds now (a faster, final upload may have completed it meanwhile).
+    sent = _State(metadata["generation"], metadata["status"], acked)
+    marked = (finished and sent == seen
+              and _mark_done(store, run_uuid, done["remote_path"], sent, client, history=True))
+    # Complete only if the server's copy is final and this store agrees (marked synced): a
+    # run that was Running when this upload began went up partially, whatever the server
+    # holds now, and a run that changed while we uploaded needs another upload.
     return UploadResult(run_uuid, claim["outcome"], done["remote_path"], tally.metrics_sent,
-                        tally.blobs_sent, tally.bytes_sent, finished and bool(done["complete"]))
+                        tally.blobs_sent, tally.bytes_sent, marked and bool(done["complete"]))
 
 
-def _mark_done(store: Store, run_uuid: str, remote_path: str, acked: int, client: Client,
-               *, history: bool) -> None:
+def _mark_done(store: Store, run_uuid: str, remote_path: str, sent: _State, client: Client,
+               *, history: bool, acked: int | None = None) -> bool:
+    """Mark the run synced if it is still exactly in the state the server acknowledged.
+
+    Checked inside the write transaction: the run may have been loaded back (load_run) and
+    logged more, or ended again, while we uploaded. Then the server's copy is not all of it
+    and the run stays pending (its end made it pending again). Returns whether it was marked.
+    """
     from runstore import syncstate
 
     with store.write() as conn:
-        if history:
-            # The run may have been re-opened (load_run) and logged more while we uploaded:
-            # then what the server acknowledged is not all of it, and it stays pending.
-            status, count = conn.execute("SELECT status, metric_count FROM runs WHERE uuid = ?",
-                                         (run_uuid,)).fetchone()
-            if status == "Running" or count != acked:
-                return
-        syncstate.mark_synced(conn, run_uuid, remote_path, acked)
+        now = conn.execute("SELECT generation, status, metric_count FROM runs WHERE uuid = ?",
+                           (run_uuid,)).fetchone()
+        if now is None or _State(*now) != sent or sent.status == "Running":
+            return False
+        syncstate.mark_synced(conn, run_uuid, remote_path,
+                              sent.metric_count if acked is None else acked)
         if history:
             conn.execute(
                 "INSERT INTO remote_history (entity, entity_uuid, action, timestamp, host, path,"
                 " remote_id) VALUES ('run', ?, 'upload', ?, ?, ?, ?)",
                 (run_uuid, now_iso(), client.host, remote_path, run_uuid))
+    return True
 
 
 def upload_artifact(store: Store, artifact_uuid: str, client: Client, *,

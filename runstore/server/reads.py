@@ -95,7 +95,8 @@ def run_detail(conn: Connection, user: User, uuid: str) -> p.RunDetail:
         labels=json.loads(run.labels), description=run.description, status=run.status,
         start_timestamp=run.start_timestamp, end_timestamp=run.end_timestamp,
         hparams=json.loads(run.hparams), platform=json.loads(run.platform),
-        git=json.loads(run.git), remote=json.loads(run.remote))
+        git=json.loads(run.git), remote=json.loads(run.remote),
+        generation=run.generation)
     return p.RunDetail(uuid=run.uuid, name=run.run_name, alternative_name=run.alternative_name,
                        path=f"{run.folder_path}/{run.name}", folder=run.folder_path,
                        complete=bool(run.complete), metric_count=run.metric_count,

@@ -160,14 +160,12 @@ class ChainMachine(RuleBasedStateMachine):
         self.chain.start_agent()
 
     def _reopenable(self) -> list[str]:
-        """Ended origin runs without a conflict on their name. Not those uploaded by hand:
-        re-opens and hand uploads of one run still leave it marked synced with an empty,
-        unfinished copy on the server (found by the soak at 432b73a; open, see
-        docs/RELIABILITY.md)."""
+        """Ended origin runs without a conflict on their name (maybe synced, maybe being
+        uploaded by syncd or by hand right now)."""
         taken = {(r.folder, r.name) for r in self.model.values() if r.role == "conflict"}
         return sorted(u for u, r in self.model.items() if r.role == "origin" and r.finished
                       and not r.bad_folder and (r.folder, r.name) not in taken
-                      and u not in self.open and not r.manual)
+                      and u not in self.open)
 
     @precondition(lambda self: len(self.open) < 3 and self._reopenable())
     @rule(data=st.data(), rows=st.integers(1, 3000), auto_upload=st.booleans())

@@ -30,3 +30,69 @@ def test_run_extended_during_upload_stays_pending(store: Store, server, alice):
         assert second.outcome == "resumed" and second.metrics_sent == 1
         assert client.request("GET", f"/runs/{run.uuid}")["metric_count"] == 50_001
     assert store.read("SELECT state, metrics_acked FROM sync_state")[0][:] == ("synced", 50_001)
+
+
+class _HookedClient(Client):
+    """The real client; after a given request has been answered, runs a hook (another
+    process of the user acting on the run at exactly that moment)."""
+
+    def __init__(self, *args, hooks: dict[str, object], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hooks = hooks
+
+    def request(self, method: str, path: str, **kwargs):
+        answer = super().request(method, path, **kwargs)
+        for suffix, hook in list(self.hooks.items()):
+            if path.endswith(suffix):
+                del self.hooks[suffix]
+                hook()  # type: ignore[operator]
+        return answer
+
+
+def test_run_reopened_and_ended_during_upload_is_not_marked_synced(store: Store, server, alice):
+    """Found by the soak: an upload of an ended run; meanwhile the run is loaded back (a new
+    generation) and ends again before the upload marks it synced. The upload finalizes what
+    it read and sent; the run stays pending, and the next upload brings the new generation."""
+    run = em.create_run(name="reopened")
+    run.finish()
+    generation = store.read("SELECT generation FROM runs")[0][0]
+    again: list = []
+    hooks = {"/runs/claim": lambda: again.append(em.load_run(run.uuid)),
+             "/finalize": lambda: again[0].finish()}
+    with _HookedClient(server.url, alice, hooks=hooks) as client:
+        first = upload_run(store, run.uuid, client)
+        assert not hooks and again[0].status == "Complete" and not first.complete
+        remote = client.request("GET", f"/runs/{run.uuid}")
+        assert remote["metadata"]["generation"] == generation
+        assert store.read("SELECT generation FROM runs")[0][0] == generation + 1
+        assert store.read("SELECT state FROM sync_state")[0][0] == "pending"
+        second = upload_run(store, run.uuid, client)
+        assert second.complete
+        remote = client.request("GET", f"/runs/{run.uuid}")
+        assert remote["metadata"]["generation"] == generation + 1
+        assert (remote["metadata"]["status"], remote["complete"]) == ("Complete", True)
+    assert store.read("SELECT state FROM sync_state")[0][0] == "synced"
+
+
+def test_run_reopened_and_killed_during_upload_is_not_marked_synced(store: Store, server, alice):
+    """The soak's exact case: loaded back after the upload read it, and the upload finalizes
+    while the new generation is Running; then its process dies and it is reaped (Error)
+    before the upload marks it synced."""
+    run = em.create_run(name="reopened")
+    run.finish()
+    again: list = []
+
+    def reap() -> None:
+        # as if the re-opened process had been SIGKILLed: the next opener reaps it
+        with store.write() as conn:
+            conn.execute("UPDATE runs SET status = 'Error', end_timestamp = ? WHERE uuid = ?",
+                         ("2026-01-01T00:00:00+00:00", run.uuid))
+
+    hooks = {"/lineage": lambda: again.append(em.load_run(run.uuid)), "/finalize": reap}
+    with _HookedClient(server.url, alice, hooks=hooks) as client:
+        assert not upload_run(store, run.uuid, client).complete
+        assert store.read("SELECT state FROM sync_state")[0][0] == "pending"
+        assert upload_run(store, run.uuid, client).complete
+        remote = client.request("GET", f"/runs/{run.uuid}")
+        assert (remote["metadata"]["status"], remote["complete"]) == ("Error", True)
+    assert store.read("SELECT state FROM sync_state")[0][0] == "synced"

@@ -45,3 +45,28 @@ def test_upload_not_logged_in_is_runtime_error():
     run.finish()
     with pytest.raises(RuntimeError, match="not logged in"):
         run.upload()
+
+
+def test_run_continued_on_another_machine_updates_the_server(logged_in, alice, tmp_path,
+                                                            monkeypatch):
+    """A run re-opened twice where it was made, then loaded from the server on another
+    machine and continued there: the server takes the new rows *and* the new state (the
+    download keeps the server's generation, so the continuation is newer, not stale)."""
+    run = runstore.create_run(name="moving", hparams={"lr": 0.1})
+    run.log("train", {"loss": 1.0}, step=1)
+    run.finish()
+    for _ in range(2):
+        runstore.load_run(run.uuid).finish()
+    run.upload()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    there = runstore.load_run("/alice/default/moving")
+    assert (there.uuid, there.status) == (run.uuid, "Running")
+    there.hparams["lr"] = 0.05
+    there.log("train", {"loss": 0.5}, step=2)
+    there.finish()
+    there.upload()
+    with Client(logged_in.url, alice) as c:
+        detail = c.request("GET", f"/runs/{run.uuid}")
+    assert detail["metric_count"] == 2 and detail["complete"]
+    assert detail["metadata"]["hparams"] == {"lr": 0.05}
+    assert detail["metadata"]["generation"] == 3  # three load_run()s, two here, one there
