@@ -164,4 +164,20 @@ FROM metrics m JOIN runs r ON r.id = m.run_id
 GROUP BY m.run_id, m.type, m.key;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1]
+# A finished run whose labels, description or hyperparameters change afterwards
+# (run.description = ... after finish(), an UPDATE by hand) is pending again if it was synced,
+# so the server gets the change too. An upload in flight notices it by itself (it marks a run
+# synced only if the run is still as it sent it).
+MIGRATION_2 = f"""
+CREATE TRIGGER runs_edited_pending AFTER UPDATE OF labels, description, hparams ON runs
+WHEN NEW.status IN ('Complete', 'Error')
+ AND (OLD.labels IS NOT NEW.labels OR OLD.description IS NOT NEW.description
+      OR OLD.hparams IS NOT NEW.hparams)
+BEGIN
+    UPDATE sync_state SET state = 'pending', next_attempt_at = NULL, last_error = NULL,
+        updated_at = {NOW_UNIX}
+    WHERE run_id = NEW.id AND state = 'synced';
+END;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]

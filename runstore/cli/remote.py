@@ -88,5 +88,7 @@ def upload(path: str, folder: str, make_folder: bool, conflict_strategy: str) ->
     finally:
         bar.close()
     for r in results:
-        note = "" if r.complete else " (still running: uploaded so far)"
+        note = "" if r.complete else (
+            " (not final: the run is running, or changed while it went up; "
+            "it goes up again when it ends, or upload it again)")
         click.echo(f"{r.kind} {r.outcome}: {r.remote_path}{note}")

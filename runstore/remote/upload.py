@@ -43,11 +43,22 @@ class LocalDataError(RunstoreError):
 
 @dataclass(frozen=True)
 class _State:
-    """What identifies a run's state for syncing: rows only grow, and status only changes
-    within a generation from Running to an end (load_run starts the next generation)."""
+    """What identifies a run's state for syncing: rows only grow, status only changes within
+    a generation from Running to an end (load_run starts the next generation), and the
+    metadata a user may still edit after the end."""
     generation: int
     status: str
     metric_count: int
+    labels: str
+    description: str
+    hparams: str
+
+    COLUMNS = "generation, status, metric_count, labels, description, hparams"
+
+    @classmethod
+    def of(cls, run: Any, metric_count: int) -> _State:
+        return cls(run["generation"], run["status"], metric_count, run["labels"],
+                   run["description"], run["hparams"])
 
 
 @dataclass(frozen=True)
@@ -297,7 +308,7 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
                              (run["id"],))[0][0]
     # The state this upload sends. The run is marked synced only if it is still in exactly
     # this state when the server has acknowledged it (see _mark_done).
-    seen = _State(run["generation"], run["status"], local_count)
+    seen = _State.of(run, local_count)
     tally = _Tally(progress)
 
     folder_path = ensure_folder(client, folder, make_folder)
@@ -344,9 +355,11 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
         metadata["status"], metadata["end_timestamp"] = "Running", None
     done = client.request("POST", f"/runs/{run_uuid}/finalize",
                           json={"metric_count": acked, "metadata": metadata})
-    sent = _State(metadata["generation"], metadata["status"], acked)
-    marked = (finished and sent == seen
-              and _mark_done(store, run_uuid, done["remote_path"], sent, client, history=True))
+    # What went up: the metadata of `run`, and the rows the server acknowledged (all of the
+    # ended run's, unless it was loaded back and logged more: then not marked, see below).
+    sent = _State.of(run, acked)
+    marked = finished and _mark_done(store, run_uuid, done["remote_path"], sent, client,
+                                     history=True)
     # Complete only if the server's copy is final and this store agrees (marked synced): a
     # run that was Running when this upload began went up partially, whatever the server
     # holds now, and a run that changed while we uploaded needs another upload.
@@ -359,13 +372,14 @@ def _mark_done(store: Store, run_uuid: str, remote_path: str, sent: _State, clie
     """Mark the run synced if it is still exactly in the state the server acknowledged.
 
     Checked inside the write transaction: the run may have been loaded back (load_run) and
-    logged more, or ended again, while we uploaded. Then the server's copy is not all of it
-    and the run stays pending (its end made it pending again). Returns whether it was marked.
+    logged more, or ended again, or had its description changed, while we uploaded. Then the
+    server's copy is not all of it and the run stays pending (the end or the edit made it
+    pending again). Returns whether it was marked.
     """
     from runstore import syncstate
 
     with store.write() as conn:
-        now = conn.execute("SELECT generation, status, metric_count FROM runs WHERE uuid = ?",
+        now = conn.execute(f"SELECT {_State.COLUMNS} FROM runs WHERE uuid = ?",
                            (run_uuid,)).fetchone()
         if now is None or _State(*now) != sent or sent.status == "Running":
             return False

@@ -11,6 +11,8 @@ moments, as a scheduler kills a training job.
     {"op": "artifact", "uuid": "...", "size": 70000, "seed": 5}   an output artifact
     {"op": "use", "uuid": "...", "artifact_uuid": "..."}   an input artifact
     {"op": "flush", "uuid": "..."}   {"op": "finish", "uuid": "..."}
+    {"op": "edit", "uuid": "...", "text": "..."}   description/labels/hparams of a run this
+                                                   process finished (after finish())
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
 
     out = sys.__stdout__
     runs: dict[str, em.Run] = {}
+    ended: dict[str, em.Run] = {}
     steps: dict[str, int] = {}
     workdir = tempfile.mkdtemp(prefix="agent-")
     out.write("@@ " + json.dumps({"ready": os.getpid()}) + "\n")
@@ -51,6 +54,7 @@ def main() -> None:
                               conflict_strategy=cmd["strategy"],
                               auto_upload=cmd.get("auto_upload", False))
             runs[run.uuid] = run
+            ended.pop(run.uuid, None)
             steps.setdefault(run.uuid, 0)
             answer = {"status": run.status}
         elif op == "log":
@@ -76,7 +80,13 @@ def main() -> None:
         elif op == "flush":
             runs[cmd["uuid"]].flush()
         elif op == "finish":
-            runs.pop(cmd["uuid"]).finish()
+            run = ended[cmd["uuid"]] = runs.pop(cmd["uuid"])
+            run.finish()
+        elif op == "edit":  # a user annotating a finished run (maybe after it was synced)
+            run = ended[cmd["uuid"]]
+            run.description = cmd["text"]
+            run.labels = [*run.labels, cmd["text"]]
+            run.hparams["note"] = cmd["text"]
         else:
             answer = {"error": f"unknown op {op!r}"}
         out.write("@@ " + json.dumps(answer) + "\n")

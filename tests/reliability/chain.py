@@ -267,9 +267,10 @@ def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
     conn = _ro(home / "runstore.db")
     try:
         runs: dict[str, dict[str, Any]] = {}
-        for rid, uuid, name, alt, status, state, err in conn.execute(
+        for rid, uuid, name, alt, status, state, err, *meta in conn.execute(
                 "SELECT r.id, r.uuid, r.name, r.alternative_name, r.status, s.state, "
-                "s.last_error FROM runs r LEFT JOIN sync_state s ON s.run_id = r.id"):
+                "s.last_error, r.description, r.labels, r.hparams FROM runs r "
+                "LEFT JOIN sync_state s ON s.run_id = r.id"):
             n_rows = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?",
                                   (rid,)).fetchone()[0]
             rows = (conn.execute(ROWS_SQL + " ORDER BY seq", (rid,)).fetchall()
@@ -281,7 +282,8 @@ def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
                                    (rid,)).fetchone()[0]
             runs[uuid] = {"name": name, "alternative_name": alt, "status": status,
                           "state": state, "last_error": err, "rows": rows, "n_rows": n_rows,
-                          "artifacts": outputs, "associations": n_assoc}
+                          "artifacts": outputs, "associations": n_assoc,
+                          "meta": _meta(*meta)}
         artifacts: dict[str, list[tuple]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts"):
             artifacts[uuid] = conn.execute(
@@ -292,6 +294,11 @@ def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
     return {"runs": runs, "artifacts": artifacts}
 
 
+def _meta(description: str, labels: str, hparams: str) -> tuple[str, list, dict]:
+    """What a user may still edit after a run ended, comparable across the two databases."""
+    return description, json.loads(labels), json.loads(hparams)
+
+
 def read_server(data_dir: Path, with_rows: bool | set[str] = True,
                 user: str = USER) -> dict[str, Any]:
     """The user's runs on the server (a list of copies per UUID, so duplicates show)."""
@@ -299,8 +306,9 @@ def read_server(data_dir: Path, with_rows: bool | set[str] = True,
     try:
         owner = conn.execute("SELECT id FROM users WHERE name = ?", (user,)).fetchone()[0]
         runs: dict[str, list[dict[str, Any]]] = {}
-        for rid, uuid, node, folder, status, count, complete in conn.execute(
-                "SELECT r.id, r.uuid, r.name, f.path, r.status, r.metric_count, r.complete "
+        for rid, uuid, node, folder, status, count, complete, *meta in conn.execute(
+                "SELECT r.id, r.uuid, r.name, f.path, r.status, r.metric_count, r.complete, "
+                "r.description, r.labels, r.hparams "
                 "FROM runs r JOIN folders f ON f.id = r.folder_id WHERE r.owner_id = ?",
                 (owner,)):
             n_rows = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?",
@@ -315,7 +323,7 @@ def read_server(data_dir: Path, with_rows: bool | set[str] = True,
             runs.setdefault(uuid, []).append({
                 "node": node, "folder": folder, "status": status, "metric_count": count,
                 "complete": bool(complete), "rows": rows, "n_rows": n_rows, "artifacts": lineage,
-                "lineage": n_lineage})
+                "lineage": n_lineage, "meta": _meta(*meta)})
         artifacts: dict[str, list[list[tuple]]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts WHERE owner_id = ?",
                                       (owner,)):
@@ -513,6 +521,8 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[
                          f"{full_path(run.folder)}/{expected_node}")
         if copy["lineage"] != mine["associations"] or copy["artifacts"] != mine["artifacts"]:
             lost.append(f"{uuid} (lineage)")
+        if copy["meta"] != mine["meta"]:
+            lost.append(f"{uuid} (metadata: {copy['meta']} on the server, {mine['meta']} here)")
         rows_checked += len(copy["rows"])
         for art in mine["artifacts"]:
             objects = server["artifacts"].get(art)

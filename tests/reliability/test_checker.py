@@ -165,6 +165,21 @@ def test_a_run_synced_locally_but_unfinished_on_the_server_is_caught(synced):
         check_invariants(home, data_dir, model)
 
 
+def test_an_edit_the_server_lacks_is_lost(synced):
+    """A description changed after the run ended that never reached the server."""
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    conn = sqlite3.connect(home / "runstore.db")
+    try:
+        with conn:
+            conn.execute("UPDATE runs SET description = 'edited' WHERE uuid = ?", (uuid,))
+            conn.execute("UPDATE sync_state SET state = 'synced'")  # as if marked wrongly
+    finally:
+        conn.close()
+    with pytest.raises(AssertionError, match=f"lost=\\[.{uuid} \\(metadata: "):
+        final_check(home, data_dir, model)
+
+
 @pytest.mark.parametrize(("server", "local", "verdict"), [
     ([(0, "a"), (1, "b")], [(0, "a"), (1, "b")], None),
     ([(0, "a")], [(0, "a"), (1, "b")], "lost"),

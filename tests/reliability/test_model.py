@@ -80,6 +80,7 @@ class ChainMachine(RuleBasedStateMachine):
         self.chain = Chain(self.dir)
         self.model: dict[str, ModelRun] = {}
         self.open: list[str] = []
+        self.ended_here: list[str] = []  # finished by the current training process
         self.names = itertools.count()
         self.failed = True  # until teardown's final check passes
         FIGURES["examples"] += 1
@@ -145,7 +146,25 @@ class ChainMachine(RuleBasedStateMachine):
         uuid = data.draw(st.sampled_from(self.open))
         self.chain.agent.call(op="finish", uuid=uuid)
         self.open.remove(uuid)
+        self.ended_here.append(uuid)
         self.model[uuid].finished = True
+
+    def _editable(self) -> list[str]:
+        """Runs this training process finished, without a conflict on their name (a run
+        uploaded again after a later run took its name goes where its strategy says, which
+        the final check does not model)."""
+        taken = {(r.folder, r.name) for r in self.model.values() if r.role == "conflict"}
+        return [u for u in self.ended_here if self.model[u].role == "origin"
+                and (self.model[u].folder, self.model[u].name) not in taken]
+
+    @precondition(lambda self: self._editable())
+    @rule(data=st.data())
+    def edit_ended_run(self, data) -> None:
+        """run.description, labels and hparams changed after finish() (maybe after the run
+        was synced, maybe while it uploads): the server must end up with the change."""
+        uuid = data.draw(st.sampled_from(self._editable()))
+        self.chain.agent.call(op="edit", uuid=uuid, text=f"note{next(_counter)}")
+        FIGURES["edits_after_finish"] += 1
 
     @precondition(lambda self: self.open)
     @rule()
@@ -157,6 +176,7 @@ class ChainMachine(RuleBasedStateMachine):
         FIGURES["training_sigkills"] += 1
         FIGURES["runs_killed"] += len(self.open)
         self.open = []
+        self.ended_here = []
         self.chain.start_agent()
 
     def _reopenable(self) -> list[str]:
@@ -177,6 +197,8 @@ class ChainMachine(RuleBasedStateMachine):
                               auto_upload=auto_upload)
         run.reopened, run.finished, run.auto_upload = True, False, auto_upload
         self.open.append(run.uuid)
+        if run.uuid in self.ended_here:
+            self.ended_here.remove(run.uuid)
         self.chain.agent.call(op="log", uuid=run.uuid, n=rows)
         FIGURES["runs_reopened"] += 1
 

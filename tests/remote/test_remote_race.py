@@ -96,3 +96,24 @@ def test_run_reopened_and_killed_during_upload_is_not_marked_synced(store: Store
         remote = client.request("GET", f"/runs/{run.uuid}")
         assert (remote["metadata"]["status"], remote["complete"]) == ("Error", True)
     assert store.read("SELECT state FROM sync_state")[0][0] == "synced"
+
+
+def test_run_edited_during_upload_is_not_marked_synced(store: Store, server, alice):
+    """The description changed after the upload sent the run's metadata, before it marked the
+    run synced: the run stays pending, and the next upload sends the change."""
+    run = em.create_run(name="edited")
+    run.finish()
+
+    def edit() -> None:
+        run.description = "changed"
+
+    with _HookedClient(server.url, alice, hooks={"/finalize": edit}) as client:
+        assert not upload_run(store, run.uuid, client).complete
+        assert client.request("GET", f"/runs/{run.uuid}")["metadata"]["description"] == ""
+        assert store.read("SELECT state FROM sync_state")[0][0] == "pending"
+        assert upload_run(store, run.uuid, client).complete
+        assert client.request("GET", f"/runs/{run.uuid}")["metadata"]["description"] == \
+            "changed"
+    assert store.read("SELECT state FROM sync_state")[0][0] == "synced"
+    run.labels = ["again"]  # after the sync: pending again (the store's trigger)
+    assert store.read("SELECT state FROM sync_state")[0][0] == "pending"

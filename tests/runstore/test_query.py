@@ -12,6 +12,7 @@ import pytest
 import runstore as em
 from runstore.errors import SQLError
 from runstore.query import json_value, list_relations, run_query
+from runstore.schema import MIGRATIONS
 from runstore.store import Store
 
 INFINITE_CTE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c"
@@ -85,7 +86,7 @@ def test_reading_pragmas_and_json_functions_are_allowed(store, runs):
     assert info.rows[0][1:3] == ("id", "INTEGER")
     assert run_query(store, "SELECT name FROM pragma_table_info('sync_state') LIMIT 1").rows \
         == [("run_id",)]
-    assert run_query(store, "PRAGMA user_version").rows == [(1,)]
+    assert run_query(store, "PRAGMA user_version").rows == [(len(MIGRATIONS),)]
     assert run_query(store, "SELECT value FROM json_each('[3, 4]')").rows == [(3,), (4,)]
     assert run_query(store, "SELECT printf('%.2f|%5s', 3.14159, 'ab')").rows == \
         [("3.14|   ab",)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -195,3 +196,40 @@ def test_syncd_once_exit_codes(server, token, home, config_dir) -> None:
     assert set(remote) == good
     assert all(len(remote[u]) == 1 and remote[u][0]["complete"] for u in good)
     assert local_runs(home)[bad]["state"] == "failed"
+
+
+def test_a_finished_run_edited_after_its_sync_is_synced_again(server, token, daemons,
+                                                             home) -> None:
+    """run.description / labels / hparams changed after finish() and after the run went up:
+    syncd notices (the run is pending again) and the server gets the change."""
+    daemons(server.url, token).start()
+    proc = run_python("""
+        import os, sqlite3, time
+        import runstore as em
+        run = em.create_run(name='edited', hparams={'lr': 0.1})
+        run.log('train', {'loss': 1.0}, step=1)
+        run.finish()
+        db = sqlite3.connect(os.path.join(os.environ['RUNSTORE_HOME'], 'runstore.db'))
+        deadline = time.monotonic() + 30
+        while db.execute("SELECT state FROM sync_state").fetchone() != ('synced',):
+            assert time.monotonic() < deadline, 'not synced in 30 s'
+            time.sleep(0.05)
+        run.description = 'best so far'
+        run.hparams['lr'] = 0.5
+        run.labels = ['keep']
+        print(run.uuid)
+    """, home)
+    uuid = proc.stdout.strip()
+    wait_for(lambda: _server_meta(server.data_dir, uuid)[0] == "best so far"
+             and all_synced(home, {uuid}), 30, "the edit on the server")
+    assert _server_meta(server.data_dir, uuid) == ("best so far", 0.5, '["keep"]')
+    assert_exactly_once(home, server.data_dir, {uuid})
+
+
+def _server_meta(data_dir: Path, uuid: str) -> tuple[str, float, str]:
+    conn = sqlite3.connect(f"file:{data_dir / 'server.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("SELECT description, json_extract(hparams, '$.lr'), labels "
+                            "FROM runs WHERE uuid = ?", (uuid,)).fetchone()
+    finally:
+        conn.close()
