@@ -164,20 +164,35 @@ FROM metrics m JOIN runs r ON r.id = m.run_id
 GROUP BY m.run_id, m.type, m.key;
 """
 
-# A finished run whose labels, description or hyperparameters change afterwards
-# (run.description = ... after finish(), an UPDATE by hand) is pending again if it was synced,
-# so the server gets the change too. An upload in flight notices it by itself (it marks a run
-# synced only if the run is still as it sent it).
-MIGRATION_2 = f"""
-CREATE TRIGGER runs_edited_pending AFTER UPDATE OF labels, description, hparams ON runs
-WHEN NEW.status IN ('Complete', 'Error')
- AND (OLD.labels IS NOT NEW.labels OR OLD.description IS NOT NEW.description
-      OR OLD.hparams IS NOT NEW.hparams)
-BEGIN
+# A run changed after it ended (run.description = ... or mark_output() after finish(),
+# parse_from_dict(), an UPDATE by hand) is a newer state of it: its generation goes up, so the
+# server orders it after what it holds (an older upload still in flight is then stale), and it
+# is pending again if it was synced, so the server gets the change. An upload in flight
+# notices by itself: it marks a run synced only if the run is still as it sent it.
+_BUMP = f"""
+    UPDATE runs SET generation = generation + 1 WHERE id = {{run}};
     UPDATE sync_state SET state = 'pending', next_attempt_at = NULL, last_error = NULL,
         updated_at = {NOW_UNIX}
-    WHERE run_id = NEW.id AND state = 'synced';
-END;
+    WHERE run_id = {{run}} AND state = 'synced';
+"""
+_ENDED = "('Complete', 'Error')"
+MIGRATION_2 = f"""
+CREATE TRIGGER runs_edited_after_end AFTER UPDATE OF
+    name, labels, description, hparams, status, start_timestamp, end_timestamp ON runs
+WHEN OLD.status IN {_ENDED} AND NEW.status IN {_ENDED}
+ AND (OLD.name IS NOT NEW.name OR OLD.labels IS NOT NEW.labels
+      OR OLD.description IS NOT NEW.description OR OLD.hparams IS NOT NEW.hparams
+      OR OLD.status IS NOT NEW.status OR OLD.start_timestamp IS NOT NEW.start_timestamp
+      OR OLD.end_timestamp IS NOT NEW.end_timestamp)
+BEGIN{_BUMP.format(run="NEW.id")}END;
+
+CREATE TRIGGER associations_added_after_end AFTER INSERT ON associations
+WHEN (SELECT status FROM runs WHERE id = NEW.run_id) IN {_ENDED}
+BEGIN{_BUMP.format(run="NEW.run_id")}END;
+
+CREATE TRIGGER associations_removed_after_end AFTER DELETE ON associations
+WHEN (SELECT status FROM runs WHERE id = OLD.run_id) IN {_ENDED}
+BEGIN{_BUMP.format(run="OLD.run_id")}END;
 """
 
 MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]

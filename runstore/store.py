@@ -331,6 +331,8 @@ def reap_dead_runs(store: Store, *, host: str | None = None,
         "FROM runs WHERE status = 'Running'")
     dead = []
     for row in rows:
+        if row["pid"] is None:
+            continue  # no process of this store's: a copy downloaded while it ran elsewhere
         if row["hostname"] == host:
             alive = row["pid"] is not None and process_alive(row["pid"], row["pid_start"])
         else:

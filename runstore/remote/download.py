@@ -191,5 +191,9 @@ def download_run(store: Store, path: str, client: Client) -> str:
                     "INSERT INTO associations (run_id, direction, position, kind, artifact_id,"
                     " entry) VALUES (?, ?, ?, ?, ?, ?)",
                     (run_id, direction, position, item["kind"], art, json.dumps(item["entry"])))
+        # The server's generation, set last: the associations inserted above count as
+        # edits of an ended run (a schema trigger) and moved it on.
+        conn.execute("UPDATE runs SET generation = ? WHERE id = ?",
+                     (meta.get("generation", 0), run_id))
         _history(conn, "run", uuid, client, detail["path"])
     return uuid

@@ -226,7 +226,9 @@ def check_server_copy(client: Client, store: Store, run: Any,
     row and more: a store restored from a backup or snapshot ("power-loss prefix") is behind,
     and its older metadata must not overwrite the server's. Raises DivergedError when the two
     hold different rows at the same sequence number (a restored store that logged again):
-    rows are matched by offset, so uploading would silently keep two histories.
+    rows are matched by offset, so uploading would silently keep two histories; or when the
+    server holds more rows but this store's copy is the newer state (changed here after it
+    fell behind): neither side may be dropped silently.
     """
     try:
         remote = client.request("GET", f"/runs/{run['uuid']}")
@@ -249,7 +251,17 @@ def check_server_copy(client: Client, store: Store, run: Any,
                 "and logged different rows since. The server's copy was left unchanged. Try: "
                 "keep the server's copy (runstore ls --remote), or log the rest as a new run.",
                 409)
-    return remote if server_count > local_count else None
+    if server_count <= local_count:
+        return None
+    if run["generation"] > remote["metadata"]["generation"]:
+        raise DivergedError(
+            f"run {run['alternative_name']} ({run['uuid']}): the server holds "
+            f"{server_count} metric rows, this store {local_count}, and this store changed the "
+            "run since (load_run() or an edit after its end): uploading would drop the "
+            "server's rows or this change. The server's copy was left unchanged. Try: make the "
+            "change on a fresh copy (load_run('/<user>/<folder>/<run>') where the run is not "
+            "in the store).", 409)
+    return remote
 
 
 def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, end: int,

@@ -117,3 +117,41 @@ def test_run_edited_during_upload_is_not_marked_synced(store: Store, server, ali
     assert store.read("SELECT state FROM sync_state")[0][0] == "synced"
     run.labels = ["again"]  # after the sync: pending again (the store's trigger)
     assert store.read("SELECT state FROM sync_state")[0][0] == "pending"
+
+
+def test_an_older_finalize_arriving_late_never_undoes_a_newer_edit(store: Store, server, alice):
+    """Two uploaders: a hand upload read the ended run, then the description changed and
+    syncd's upload sent the change and marked the run synced; the hand upload's finalize (a
+    retry after a lost answer, say) arrives only now. The edit made the run a newer
+    generation, so that late finalize is stale: the server keeps the change."""
+    run = em.create_run(name="edited", hparams={"lr": 0.1})
+    run.log("train", {"loss": 1.0}, step=1)
+    run.finish()
+
+    def edit_and_upload() -> None:
+        run.description = "b"
+        with Client(server.url, alice) as other:
+            assert upload_run(store, run.uuid, other).complete
+
+    with _HookedClient(server.url, alice, hooks={"/lineage": edit_and_upload}) as client:
+        assert not upload_run(store, run.uuid, client).complete
+        assert client.request("GET", f"/runs/{run.uuid}")["metadata"]["description"] == "b"
+    assert store.read("SELECT state FROM sync_state")[0][0] == "synced"
+
+
+def test_lineage_added_after_the_sync_goes_up(store: Store, server, alice, tmp_path):
+    """mark_output() after finish() and after the run was synced: pending again, and the
+    server's lineage gets the artifact."""
+    run = em.create_run(name="late-output")
+    run.finish()
+    with Client(server.url, alice) as client:
+        assert upload_run(store, run.uuid, client).complete
+        weights = tmp_path / "w.bin"
+        weights.write_bytes(b"w" * 100)
+        art = em.create_artifact("model")
+        art.add_file(str(weights))
+        run.mark_output(art)
+        assert store.read("SELECT state FROM sync_state")[0][0] == "pending"
+        assert upload_run(store, run.uuid, client).complete
+        lineage = client.request("GET", f"/runs/{run.uuid}")["lineage"]
+        assert [e["artifact_uuid"] for e in lineage["output"]] == [art.uuid]

@@ -70,3 +70,53 @@ def test_run_continued_on_another_machine_updates_the_server(logged_in, alice, t
     assert detail["metric_count"] == 2 and detail["complete"]
     assert detail["metadata"]["hparams"] == {"lr": 0.05}
     assert detail["metadata"]["generation"] == 3  # three load_run()s, two here, one there
+
+
+def test_a_copy_downloaded_while_running_elsewhere_is_not_reaped(logged_in, alice, tmp_path,
+                                                                monkeypatch):
+    """Machine B loads a run that is still running on machine A (its rows so far are on the
+    server). B has no process of it: B's reaper must not end it as Error, or B's syncd would
+    upload that Error over A's run."""
+    from runstore.remote import download_run
+    from runstore.store import Store, reap_dead_runs
+
+    run = runstore.create_run(name="live")
+    run.log("train", {"loss": 1.0}, step=1)
+    run.upload()  # live: the server holds it as Running
+    other = Store(tmp_path / "machine-b")
+    with Client(logged_in.url, alice) as c:
+        assert download_run(other, "/alice/default/live", c) == run.uuid
+    assert reap_dead_runs(other, host="machine-b") == []
+    assert other.read("SELECT status FROM runs")[0][0] == "Running"
+    assert other.read("SELECT COUNT(*) FROM sync_state")[0][0] == 0
+    other.close()
+    run.finish()
+
+
+def test_a_copy_changed_here_after_the_server_moved_on_fails_with_the_reason(
+        logged_in, alice, tmp_path, monkeypatch):
+    """B downloads a run, A continues it (more rows, on the server), B re-opens and edits its
+    older copy: B's upload would drop A's rows or B's change, so it is refused with the reason
+    and the server's copy is left as it is."""
+    from runstore.errors import PermanentRemoteError
+
+    run = runstore.create_run(name="shared")
+    run.log("train", {"loss": 1.0}, step=1)
+    run.finish()
+    run.upload()
+    home_a = runstore.api.default_home()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    there = runstore.load_run("/alice/default/shared")
+    there.finish()
+    there.description = "edited on b"
+    monkeypatch.setenv("RUNSTORE_HOME", str(home_a))
+    again = runstore.load_run(run.uuid)
+    again.log("train", {"loss": 0.5}, step=2)
+    again.finish()
+    again.upload()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    with pytest.raises(PermanentRemoteError, match="changed the run since"):
+        there.upload()
+    with Client(logged_in.url, alice) as c:
+        detail = c.request("GET", f"/runs/{run.uuid}")
+    assert detail["metric_count"] == 2 and detail["metadata"]["description"] == ""
