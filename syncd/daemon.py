@@ -310,8 +310,10 @@ class Syncer:
             with self._lock:
                 self._results.synced.append(uuid)
         else:
-            # Reopened by load_run() while we uploaded: it becomes pending again when it ends.
-            syncstate.mark_retry(self.store, uuid, "the run is running again", self.clock())
+            # Changed while it went up (re-opened by load_run(), edited after its end): not
+            # marked synced. Due again at once if it has ended; a Running run waits its end.
+            syncstate.mark_retry(self.store, uuid, "the run changed while it went up",
+                                 self.clock())
             with self._lock:
                 self._results.live.append(uuid)
 

@@ -329,7 +329,7 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
         marked = finished and _mark_done(store, run_uuid, ahead["path"], seen, client,
                                          history=False)
         return UploadResult(run_uuid, "resumed", ahead["path"], 0, 0, 0,
-                            bool(ahead["complete"]) and (marked or not finished))
+                            bool(ahead["complete"]) and marked)
     record = {"action": "upload", "timestamp": now_iso(), "host": client.host,
               "path": f"{folder_path}/{run['name']}", "id": run_uuid}
     claim = client.request("POST", "/runs/claim", json={
