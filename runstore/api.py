@@ -125,8 +125,11 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
     live = writer_for(store).live_run(row["id"])
     if live is not None and live._owner_pid == os.getpid():
         return live  # already open in this process: the same object, one buffer
-    run = Run._from_store(store, find_run_row(store, row["uuid"]))
-    if run.status != "Running":
+    row = find_run_row(store, row["uuid"])
+    run = Run._from_store(store, row)
+    if run.status != "Running" or row["pid"] is None:
+        # Ended, or a copy downloaded while it ran elsewhere (no process of this store's):
+        # this process goes on with it, as a job requeued on another node does.
         run._reopen()
     run._start_tee()
     return run

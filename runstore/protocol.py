@@ -102,7 +102,8 @@ class RunMetadata(Message):
     platform: dict[str, Any] = Field(default_factory=dict)
     git: dict[str, Any] = Field(default_factory=dict)
     remote: list[dict[str, Any]] = Field(default_factory=list)
-    # How many times the run was re-opened (load_run). (generation, complete) only moves
+    # Goes up with each re-open (load_run) and each change after the run ended (an edit, an
+    # input/output added). (generation, complete) only moves
     # forward on the server: an upload that read an older state of the run never undoes a
     # newer one that another upload already finalized.
     generation: int = Field(default=0, ge=0, le=INT64_MAX)

@@ -333,6 +333,9 @@ class Run:
         status = data.get("status", self._status)
         if status not in ("Running", "Complete", "Error"):
             raise ValueError(f"status {status!r} is not Running, Complete or Error")
+        if status == "Running" and self._status != "Running":
+            raise ValueError(f"status 'Running' would re-open the ended run "
+                             f"{self._alternative_name!r}; use load_run() to go on with it")
         columns = {
             "name": name, "labels": _json(labels),
             "description": data.get("description", self._description),
@@ -354,9 +357,20 @@ class Run:
                     entry, artifact_id = association_entry(item)
                     entries.append((direction, entry, artifact_id))
         with self._store.write() as conn:
-            sets = ", ".join(f"{k} = ?" for k in columns)
-            conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*columns.values(), self.id))
-            if assoc is not None:
+            # A dict names an artifact by its alternative name: link it as mark_*() does, or
+            # its upload would lose the artifact (its lineage keeps only the entry).
+            for i, (direction, entry, artifact_id) in enumerate(entries):
+                if artifact_id is None and entry["kind"] == "Artifact":
+                    found = conn.execute("SELECT id FROM artifacts WHERE alternative_name = ?",
+                                         (entry["name"],)).fetchone()
+                    entries[i] = (direction, entry, found[0] if found else None)
+            # Associations first: a run this ends counts them as part of its end, not as a
+            # change after it (a schema trigger starts a new generation for those).
+            old_entries = [(d, json.loads(e), a) for d, e, a in conn.execute(
+                "SELECT direction, entry, artifact_id FROM associations WHERE run_id = ? "
+                "ORDER BY direction, position", (self.id,))]
+            new_entries = sorted(entries, key=lambda e: e[0] != "input")  # stable: input first
+            if assoc is not None and new_entries != old_entries:  # unchanged: not an edit
                 conn.execute("DELETE FROM associations WHERE run_id = ?", (self.id,))
                 positions: collections.Counter[str] = collections.Counter()
                 for direction, entry, artifact_id in entries:
@@ -366,6 +380,8 @@ class Run:
                         (self.id, direction, positions[direction], entry["kind"],
                          artifact_id, _json(entry)))
                     positions[direction] += 1
+            sets = ", ".join(f"{k} = ?" for k in columns)
+            conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*columns.values(), self.id))
         was_running = self._status == "Running"
         row = self._store.read("SELECT * FROM runs WHERE id = ?", (self.id,))[0]
         self._load_row(row)

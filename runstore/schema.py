@@ -165,10 +165,11 @@ GROUP BY m.run_id, m.type, m.key;
 """
 
 # A run changed after it ended (run.description = ... or mark_output() after finish(),
-# parse_from_dict(), an UPDATE by hand) is a newer state of it: its generation goes up, so the
-# server orders it after what it holds (an older upload still in flight is then stale), and it
-# is pending again if it was synced, so the server gets the change. An upload in flight
-# notices by itself: it marks a run synced only if the run is still as it sent it.
+# parse_from_dict(), rows flushed late by a forked worker, an UPDATE by hand) is a newer state
+# of it: its generation goes up, so the server orders it after what it holds (an older upload
+# still in flight is then stale), and it is pending again if it was synced, so the server gets
+# the change. An upload in flight notices by itself: it marks a run synced only if the run is
+# still as it sent it. (Not its name: the server fixes a run's name at its first upload.)
 _BUMP = f"""
     UPDATE runs SET generation = generation + 1 WHERE id = {{run}};
     UPDATE sync_state SET state = 'pending', next_attempt_at = NULL, last_error = NULL,
@@ -178,12 +179,12 @@ _BUMP = f"""
 _ENDED = "('Complete', 'Error')"
 MIGRATION_2 = f"""
 CREATE TRIGGER runs_edited_after_end AFTER UPDATE OF
-    name, labels, description, hparams, status, start_timestamp, end_timestamp ON runs
+    labels, description, hparams, status, start_timestamp, end_timestamp, metric_count ON runs
 WHEN OLD.status IN {_ENDED} AND NEW.status IN {_ENDED}
- AND (OLD.name IS NOT NEW.name OR OLD.labels IS NOT NEW.labels
-      OR OLD.description IS NOT NEW.description OR OLD.hparams IS NOT NEW.hparams
-      OR OLD.status IS NOT NEW.status OR OLD.start_timestamp IS NOT NEW.start_timestamp
-      OR OLD.end_timestamp IS NOT NEW.end_timestamp)
+ AND (OLD.labels IS NOT NEW.labels OR OLD.description IS NOT NEW.description
+      OR OLD.hparams IS NOT NEW.hparams OR OLD.status IS NOT NEW.status
+      OR OLD.start_timestamp IS NOT NEW.start_timestamp
+      OR OLD.end_timestamp IS NOT NEW.end_timestamp OR OLD.metric_count IS NOT NEW.metric_count)
 BEGIN{_BUMP.format(run="NEW.id")}END;
 
 CREATE TRIGGER associations_added_after_end AFTER INSERT ON associations

@@ -127,6 +127,7 @@ class Syncer:
         self._inflight: dict[str, Future] = {}
         self._results = PassResult()
         self._live_pushed: dict[str, tuple[float, int]] = {}  # uuid -> (when, metric_count)
+        self._changed: dict[str, int] = {}  # uuid -> uploads in a row that it outran
         self._clients = threading.local()
         self._all_clients: list[Any] = []
 
@@ -309,11 +310,16 @@ class Syncer:
                      time.monotonic() - started)
             with self._lock:
                 self._results.synced.append(uuid)
+                self._changed.pop(uuid, None)
         else:
             # Changed while it went up (re-opened by load_run(), edited after its end): not
-            # marked synced. Due again at once if it has ended; a Running run waits its end.
+            # marked synced. Due again at once if it has ended (a Running run waits its end);
+            # backing off if that keeps happening, so nothing can make syncd spin.
+            with self._lock:
+                times = self._changed[uuid] = self._changed.get(uuid, 0) + 1
+            again = 0.0 if times < 3 else self.backoff.delay(times)
             syncstate.mark_retry(self.store, uuid, "the run changed while it went up",
-                                 self.clock())
+                                 self.clock() + again)
             with self._lock:
                 self._results.live.append(uuid)
 

@@ -195,5 +195,11 @@ def download_run(store: Store, path: str, client: Client) -> str:
         # edits of an ended run (a schema trigger) and moved it on.
         conn.execute("UPDATE runs SET generation = ? WHERE id = ?",
                      (meta.get("generation", 0), run_id))
+        if meta["status"] != "Running":
+            # This copy is what the server holds: in sync, so a change made to it here
+            # (an edit, load_run) makes it pending like any synced run.
+            from runstore import syncstate
+
+            syncstate.mark_synced(conn, uuid, detail["path"], offset)
         _history(conn, "run", uuid, client, detail["path"])
     return uuid

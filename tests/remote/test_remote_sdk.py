@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -91,6 +92,34 @@ def test_a_copy_downloaded_while_running_elsewhere_is_not_reaped(logged_in, alic
     assert other.read("SELECT COUNT(*) FROM sync_state")[0][0] == 0
     other.close()
     run.finish()
+    # A job requeued on B that loads it goes on with it: owned by B's process from then on.
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    there = runstore.load_run(run.uuid)
+    row = runstore.api.default_store().read("SELECT pid, generation FROM runs")[0]
+    assert (row["pid"], there.status) == (os.getpid(), "Running")
+    there.finish()
+
+
+def test_a_downloaded_run_edited_here_goes_up(logged_in, alice, tmp_path, monkeypatch):
+    """A copy downloaded from the server is in sync with it; a change made to it here (a
+    description set after its end) makes it pending, and the upload brings the change."""
+    run = runstore.create_run(name="annotated")
+    run.finish()
+    run.upload()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    store_b = runstore.api.default_store()
+    from runstore.remote import download_run
+
+    with Client(logged_in.url, alice) as c:
+        download_run(store_b, "/alice/default/annotated", c)
+        assert store_b.read("SELECT state FROM sync_state")[0][0] == "synced"
+        copy = runstore.Run._from_store(store_b, store_b.read("SELECT * FROM runs")[0])
+        copy.description = "looked at on b"
+        assert store_b.read("SELECT state FROM sync_state")[0][0] == "pending"
+        runstore.upload(copy.uuid)
+        assert c.request("GET", f"/runs/{run.uuid}")["metadata"]["description"] == \
+            "looked at on b"
+    assert store_b.read("SELECT state FROM sync_state")[0][0] == "synced"
 
 
 def test_a_copy_changed_here_after_the_server_moved_on_fails_with_the_reason(

@@ -136,6 +136,44 @@ def test_mark_input_output_shapes_and_duplicates(tmp_path: Path):
     run.finish()
 
 
+def test_changes_after_the_end_start_a_new_generation_and_make_it_pending(store):
+    """What the server keeps of a run, changed after it ended, is a newer state of it (schema
+    migration 2); an unchanged parse_from_dict round trip is not a change."""
+    run = em.create_run(name="ended", hparams={"lr": 0.1})
+    art = em.create_artifact("data")
+    run.mark_input(art)
+    run.finish()
+
+    def state() -> tuple[int, str]:
+        return tuple(store.read("SELECT r.generation, s.state FROM runs r "
+                                "JOIN sync_state s ON s.run_id = r.id")[0])
+
+    def synced() -> None:
+        with store.write() as conn:
+            conn.execute("UPDATE sync_state SET state = 'synced'")
+
+    generation = state()[0]
+    synced()
+    run.parse_from_dict(run.to_dict())
+    assert state() == (generation, "synced")
+    run.hparams["lr"] = 0.1  # the same value: not a change
+    assert state() == (generation, "synced")
+    changes = [lambda: setattr(run, "description", "annotated"),
+               lambda: run.hparams.update({"note": "x"}),
+               lambda: run.mark_output(em.create_artifact("model")),
+               lambda: run.parse_from_dict({"status": "Error"})]
+    for change in changes:
+        change()
+        generation += 1
+        assert state() == (generation, "pending")
+        synced()
+    with store.write() as conn:  # rows a forked worker flushed after the parent's finish()
+        conn.execute("UPDATE runs SET metric_count = metric_count + 1")
+    assert state() == (generation + 1, "pending")
+    with pytest.raises(ValueError, match="use load_run"):
+        run.parse_from_dict({"status": "Running"})
+
+
 def test_to_dict_parse_from_dict_round_trip():
     run = em.create_run(name="r", labels=["a"])
     run.finish()

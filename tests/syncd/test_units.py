@@ -318,6 +318,30 @@ def test_a_bad_run_backs_off_on_its_own_while_others_go_on(store: Store,
         syncer.shutdown()
 
 
+def test_a_run_that_keeps_changing_under_its_upload_is_retried_with_backoff(
+        store: Store, tmp_path: Path) -> None:
+    """An upload that the run outran (not marked synced, complete=False) is retried at once,
+    but not forever at once: whatever keeps a run from matching, syncd never spins."""
+    run = _finished_run(store, "restless")
+    now = [time.time()]
+    calls: list[float] = []
+
+    def upload(store_, uuid, client, **kw):
+        calls.append(now[0])
+        return type("R", (), {"complete": False})()
+
+    syncer = _syncer(store, tmp_path, upload, now, concurrency=1)
+    try:
+        syncer.sync_once(wait=True)  # due again at once, twice; then it backs off
+        entry = syncstate.get(store, run)
+        assert len(calls) == 3 and entry.state == "pending"
+        assert entry.next_attempt_at > now[0]
+        assert entry.last_error == "the run changed while it went up"
+        assert syncer.sync_once(wait=True).ok and len(calls) == 3  # not due: no 4th upload
+    finally:
+        syncer.shutdown()
+
+
 def test_mark_uploading_never_overwrites_synced(store: Store) -> None:
     uuid = _finished_run(store)
     with store.write() as conn:
