@@ -177,6 +177,9 @@ class FinalizeResponse(Message):
     remote_path: str
     metric_count: int
     complete: bool
+    # The server's generation of the run after this request: greater than the one sent when
+    # the server holds a newer state (this finalize was stale and changed nothing).
+    generation: int = Field(default=0, ge=0, le=INT64_MAX)
 
 
 class RunDetail(Message):

@@ -356,6 +356,8 @@ class Run:
                 for item in assoc.get(direction, []):
                     entry, artifact_id = association_entry(item)
                     entries.append((direction, entry, artifact_id))
+        if self._status == "Running" and status != "Running":
+            self._writer.flush(self)  # this ends the run: its buffered rows first, as finish()
         with self._store.write() as conn:
             # A dict names an artifact by its alternative name: link it as mark_*() does, or
             # its upload would lose the artifact (its lineage keeps only the entry).
@@ -387,6 +389,8 @@ class Run:
         self._load_row(row)
         if was_running and self._status != "Running":
             self._writer.unregister(self)
+            capture.stop_tee(self._tee)
+            self._tee = None
 
     # -- upload ----------------------------------------------------------------------------
     def upload(self, folder: str = "default", make_folder: bool = False,

@@ -303,7 +303,10 @@ class Syncer:
                 self._results.retrying.append((uuid, str(exc)))
             return
         self._server_answered()
-        if getattr(result, "complete", True):
+        entry_now = syncstate.get(self.store, uuid)
+        if getattr(result, "complete", True) or (entry_now and entry_now.state == "synced"):
+            # (synced though not complete on the server: a newer, unfinished state that is
+            # not this store's, e.g. the server's copy was already ahead of a restored store)
             log.info("run %s: synced to %s (%s, %s metric rows, %s blobs, %.2fs)", name,
                      getattr(result, "remote_path", "?"), getattr(result, "outcome", "?"),
                      getattr(result, "metrics_sent", "?"), getattr(result, "blobs_sent", "?"),

@@ -370,6 +370,8 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     # What went up: the metadata of `run`, and the rows the server acknowledged (all of the
     # ended run's, unless it was loaded back and logged more: then not marked, see below).
     sent = _State.of(run, acked)
+    if finished and done.get("generation", sent.generation) > sent.generation:
+        _newer_on_server(store, run, done["generation"])
     marked = finished and _mark_done(store, run_uuid, done["remote_path"], sent, client,
                                      history=True)
     # Complete only if the server's copy is final and this store agrees (marked synced): a
@@ -377,6 +379,21 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     # holds now, and a run that changed while we uploaded needs another upload.
     return UploadResult(run_uuid, claim["outcome"], done["remote_path"], tally.metrics_sent,
                         tally.blobs_sent, tally.bytes_sent, marked and bool(done["complete"]))
+
+
+def _newer_on_server(store: Store, run: Any, server_generation: int) -> None:
+    """The server ignored our finalize: it holds a newer state of the run. If this store has
+    moved on too, that newer state is (or will be) ours: the run stays pending. If not, it
+    came from elsewhere (the run changed on another machine), and this store's change would
+    be dropped silently: refuse, with the reason."""
+    now = store.read("SELECT generation FROM runs WHERE uuid = ?", (run["uuid"],))[0][0]
+    if now == run["generation"]:
+        raise DivergedError(
+            f"run {run['alternative_name']} ({run['uuid']}): the server holds a newer state of "
+            f"it (generation {server_generation}, this store {now}), changed elsewhere; this "
+            "store's copy was not applied and the server's was left unchanged. Try: make the "
+            "change on a fresh copy (load_run('/<user>/<folder>/<run>') where the run is not "
+            "in the store).", 409)
 
 
 def _mark_done(store: Store, run_uuid: str, remote_path: str, sent: _State, client: Client,

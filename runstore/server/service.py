@@ -284,7 +284,8 @@ def finalize_run(conn: Connection, user: User, uuid: str,
     if _is_stale(run, body.metadata.generation, body.metadata.status):
         # a slower upload of an older state: keep the newer
         return p.FinalizeResponse(uuid=uuid, remote_path=f"{run.folder_path}/{run.name}",
-                                  metric_count=run.metric_count, complete=bool(run.complete))
+                                  metric_count=run.metric_count, complete=bool(run.complete),
+                                  generation=run.generation)
     if body.metric_count != run.metric_count:
         raise OffsetGap(f"run {uuid}: the server holds {run.metric_count} metric rows, the "
                         f"client finalized with {body.metric_count}; send the missing rows")
@@ -292,4 +293,5 @@ def finalize_run(conn: Connection, user: User, uuid: str,
     conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
         complete=complete, updated_at=time.time(), **_run_meta_values(body.metadata)))
     return p.FinalizeResponse(uuid=uuid, remote_path=f"{run.folder_path}/{run.name}",
-                              metric_count=run.metric_count, complete=complete)
+                              metric_count=run.metric_count, complete=complete,
+                              generation=body.metadata.generation)

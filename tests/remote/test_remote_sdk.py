@@ -97,6 +97,7 @@ def test_a_copy_downloaded_while_running_elsewhere_is_not_reaped(logged_in, alic
     there = runstore.load_run(run.uuid)
     row = runstore.api.default_store().read("SELECT pid, generation FROM runs")[0]
     assert (row["pid"], there.status) == (os.getpid(), "Running")
+    assert row["generation"] == 1  # one past the copy's (a newer state than the server's)
     there.finish()
 
 
@@ -149,3 +150,34 @@ def test_a_copy_changed_here_after_the_server_moved_on_fails_with_the_reason(
     with Client(logged_in.url, alice) as c:
         detail = c.request("GET", f"/runs/{run.uuid}")
     assert detail["metric_count"] == 2 and detail["metadata"]["description"] == ""
+
+
+def test_a_change_overtaken_by_a_newer_one_from_another_machine_fails_with_the_reason(
+        logged_in, alice, tmp_path, monkeypatch):
+    """A and B hold the same ended run; A changes it twice and uploads, B changes it once
+    and uploads after: the server keeps A's newer state, and B is told, not marked synced."""
+    from runstore.errors import PermanentRemoteError
+
+    run = runstore.create_run(name="twice")
+    run.finish()
+    run.upload()
+    home_a = runstore.api.default_home()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    store_b = runstore.api.default_store()
+    from runstore.remote import download_run
+
+    with Client(logged_in.url, alice) as c:
+        download_run(store_b, "/alice/default/twice", c)
+    copy = runstore.Run._from_store(store_b, store_b.read("SELECT * FROM runs")[0])
+    monkeypatch.setenv("RUNSTORE_HOME", str(home_a))
+    run.description = "a1"
+    run.labels = ["a2"]
+    run.upload()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    copy.description = "b1"
+    with pytest.raises(PermanentRemoteError, match="holds a newer state of it"):
+        runstore.upload(copy.uuid)
+    assert store_b.read("SELECT state FROM sync_state")[0][0] == "pending"
+    with Client(logged_in.url, alice) as c:
+        meta = c.request("GET", f"/runs/{run.uuid}")["metadata"]
+    assert (meta["description"], meta["labels"]) == ("a1", ["a2"])

@@ -174,6 +174,15 @@ def test_changes_after_the_end_start_a_new_generation_and_make_it_pending(store)
         run.parse_from_dict({"status": "Running"})
 
 
+def test_parse_from_dict_ending_a_run_keeps_its_buffered_rows(store):
+    run = em.create_run(name="ended-by-dict")
+    for step in range(10):
+        run.log("train", {"loss": 1.0}, step=step)
+    run.parse_from_dict({"status": "Complete"})
+    assert store.read("SELECT status, metric_count FROM runs")[0][:] == ("Complete", 10)
+    assert store.read("SELECT COUNT(*) FROM metrics")[0][0] == 10
+
+
 def test_to_dict_parse_from_dict_round_trip():
     run = em.create_run(name="r", labels=["a"])
     run.finish()
