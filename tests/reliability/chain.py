@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -138,6 +139,9 @@ class Chain:
         self.daemon: Daemon | None = None
         self.uploads: list[subprocess.Popen] = []
         self.healing = False
+        # Held while a kill is decided and done, and while healing starts: a process killed
+        # from the proxy thread is dead (not merely signalled) before heal asks if it runs.
+        self._kill_lock = threading.Lock()
         self.agent: Agent | None = None
         self.start_agent()
         self.start_daemon()
@@ -178,20 +182,24 @@ class Chain:
 
     def kill_daemon_now(self) -> None:
         """From the proxy thread: SIGKILL the daemon the instant the server answered."""
-        daemon = self.daemon
-        if self.healing or daemon is None or daemon.proc is None:
-            return
-        if daemon.proc.poll() is None:
-            os.kill(daemon.proc.pid, signal.SIGKILL)
-            FIGURES["daemon_sigkills_after_commit"] += 1
+        with self._kill_lock:
+            daemon = self.daemon
+            if self.healing or daemon is None or daemon.proc is None:
+                return
+            if daemon.proc.poll() is None:
+                os.kill(daemon.proc.pid, signal.SIGKILL)
+                daemon.proc.wait(30)
+                FIGURES["daemon_sigkills_after_commit"] += 1
 
     def kill_server_now(self) -> None:
         """From the proxy thread: SIGKILL the server the instant it answered (it committed).
         Only the signal: the main thread sees it gone (running() is False) and restarts it."""
-        proc = self.server.proc
-        if not self.healing and proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            FIGURES["server_sigkills_after_commit"] += 1
+        with self._kill_lock:
+            proc = self.server.proc
+            if not self.healing and proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                FIGURES["server_sigkills_after_commit"] += 1
 
     @staticmethod
     def lose_answer() -> None:
@@ -217,7 +225,8 @@ class Chain:
         Faults still armed in the proxy (lost answers, 5xx: each a finite number of times)
         stay armed: the final sync goes through them.
         """
-        self.healing = True
+        with self._kill_lock:  # a kill the proxy thread is doing ends before we look
+            self.healing = True
         if not self.server.running():
             self.server.start()
         if self.agent is not None and self.agent.alive():
