@@ -226,9 +226,10 @@ def check_server_copy(client: Client, store: Store, run: Any,
     row and more: a store restored from a backup or snapshot ("power-loss prefix") is behind,
     and its older metadata must not overwrite the server's. Raises DivergedError when the two
     hold different rows at the same sequence number (a restored store that logged again):
-    rows are matched by offset, so uploading would silently keep two histories; or when the
+    rows are matched by offset, so uploading would silently keep two histories; when the
     server holds more rows but this store's copy is the newer state (changed here after it
-    fell behind): neither side may be dropped silently.
+    fell behind); or when the server holds a newer state that is not this store's: neither
+    side may be dropped silently.
     """
     try:
         remote = client.request("GET", f"/runs/{run['uuid']}")
@@ -252,6 +253,8 @@ def check_server_copy(client: Client, store: Store, run: Any,
                 "keep the server's copy (runstore ls --remote), or log the rest as a new run.",
                 409)
     if server_count <= local_count:
+        # Nothing sent yet: a newer state from elsewhere is refused before any row goes up.
+        _newer_on_server(store, run, remote["metadata"]["generation"])
         return None
     if run["generation"] > remote["metadata"]["generation"]:
         raise DivergedError(
@@ -371,7 +374,7 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     # ended run's, unless it was loaded back and logged more: then not marked, see below).
     sent = _State.of(run, acked)
     if finished and done.get("generation", sent.generation) > sent.generation:
-        _newer_on_server(store, run, done["generation"])
+        _newer_on_server(store, run, done["generation"])  # it moved on while we uploaded
     marked = finished and _mark_done(store, run_uuid, done["remote_path"], sent, client,
                                      history=True)
     # Complete only if the server's copy is final and this store agrees (marked synced): a
@@ -382,16 +385,20 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
 
 
 def _newer_on_server(store: Store, run: Any, server_generation: int) -> None:
-    """The server ignored our finalize: it holds a newer state of the run. If this store has
-    moved on too, that newer state is (or will be) ours: the run stays pending. If not, it
-    came from elsewhere (the run changed on another machine), and this store's change would
-    be dropped silently: refuse, with the reason."""
+    """Refuse if the server holds a newer state of the run than this store has ever had.
+
+    Generations come from this store's own changes, so a newer one on the server came from
+    elsewhere: the run was changed on another machine (or this store was restored from an
+    older copy). Applying ours would drop that change silently, and keeping ours unsent would
+    drop this store's: refuse, with the reason. If this store has moved on as far (a newer
+    upload of its own got there first), the newer state is ours: go on.
+    """
     now = store.read("SELECT generation FROM runs WHERE uuid = ?", (run["uuid"],))[0][0]
-    if now == run["generation"]:
+    if server_generation > now:
         raise DivergedError(
             f"run {run['alternative_name']} ({run['uuid']}): the server holds a newer state of "
             f"it (generation {server_generation}, this store {now}), changed elsewhere; this "
-            "store's copy was not applied and the server's was left unchanged. Try: make the "
+            "store's state of it was not applied, the server keeps its own. Try: make the "
             "change on a fresh copy (load_run('/<user>/<folder>/<run>') where the run is not "
             "in the store).", 409)
 

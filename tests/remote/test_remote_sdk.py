@@ -181,3 +181,30 @@ def test_a_change_overtaken_by_a_newer_one_from_another_machine_fails_with_the_r
     with Client(logged_in.url, alice) as c:
         meta = c.request("GET", f"/runs/{run.uuid}")["metadata"]
     assert (meta["description"], meta["labels"]) == ("a1", ["a2"])
+
+
+def test_a_newer_state_from_elsewhere_is_refused_before_any_row_goes_up(
+        logged_in, alice, tmp_path, monkeypatch):
+    """B re-opens its copy and logs a row; A meanwhile edits the run twice and uploads. B's
+    upload is refused before it sends anything: the server's run gets no row of B's."""
+    from runstore.errors import PermanentRemoteError
+
+    run = runstore.create_run(name="elsewhere")
+    run.log("train", {"loss": 1.0}, step=1)
+    run.finish()
+    run.upload()
+    home_a = runstore.api.default_home()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    there = runstore.load_run("/alice/default/elsewhere")  # generation 1 here
+    there.log("train", {"loss": 0.5}, step=2)
+    there.finish()
+    monkeypatch.setenv("RUNSTORE_HOME", str(home_a))
+    run.description = "a1"
+    run.labels = ["a2"]  # generation 2 on A
+    run.upload()
+    monkeypatch.setenv("RUNSTORE_HOME", str(tmp_path / "machine-b"))
+    with pytest.raises(PermanentRemoteError, match="holds a newer state of it"):
+        there.upload()
+    with Client(logged_in.url, alice) as c:
+        detail = c.request("GET", f"/runs/{run.uuid}")
+    assert detail["metric_count"] == 1 and detail["metadata"]["description"] == "a1"
