@@ -75,9 +75,9 @@ def test_run_reopened_and_ended_during_upload_is_not_marked_synced(store: Store,
 
 
 def test_run_reopened_and_killed_during_upload_is_not_marked_synced(store: Store, server, alice):
-    """The soak's exact case: loaded back after the upload read it, and the upload finalizes
-    while the new generation is Running; then its process dies and it is reaped (Error)
-    before the upload marks it synced."""
+    """The soak's exact case: loaded back after the upload read it (before the fix, its
+    finalize then sent the new generation as Running); then its process dies and it is reaped
+    (Error, pending) before the upload marks it synced."""
     run = em.create_run(name="reopened")
     run.finish()
     again: list = []
