@@ -260,7 +260,12 @@ def _states(home: Path) -> str:
 
 # -- reading both sides ----------------------------------------------------------------------
 def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    """A read-only connection inside one read transaction: every query of one reading sees
+    the same snapshot (WAL), never a row count from before a commit beside a metric_count
+    from after it."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    conn.execute("BEGIN")
+    return conn
 
 
 ROWS_SQL = "SELECT seq, type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ?"
