@@ -150,6 +150,17 @@ class Chain:
     def start_agent(self) -> None:
         self.agent = Agent(self.home, self.base / "agent.log")
 
+    def start_server(self) -> None:
+        """Start the server again. A 'SIGKILL the instant it answered' armed earlier may fire
+        while it starts (it answers the daemon before our health check sees it up): that is
+        one more kill, not a failure; the next step sees it down. Not while healing."""
+        try:
+            self.server.start()
+        except RuntimeError:
+            proc = self.server.proc
+            if self.healing or proc is None or proc.poll() != -signal.SIGKILL:
+                raise
+
     def start_daemon(self, url: str | None = None, wait_ready: bool = True) -> None:
         if self.daemon is not None:
             self.daemon.kill()  # reap a daemon killed from the proxy, close its files

@@ -249,7 +249,7 @@ class ChainMachine(RuleBasedStateMachine):
         if state() == "synced":
             return True
         if not self.chain.server.running():
-            self.chain.server.start()
+            self.chain.start_server()
         if not self.chain.daemon_alive():
             self.chain.start_daemon()
         deadline = time.monotonic() + timeout_s
@@ -286,7 +286,7 @@ class ChainMachine(RuleBasedStateMachine):
         """SIGKILL `runstore serve` now (mid-request, whatever it was doing) or the instant it
         answered the next such request; or start it again."""
         if not self.chain.server.running():
-            self.chain.server.start()
+            self.chain.start_server()
         elif when_answered:
             self.chain.proxy.on_response(PATTERNS[request], self.chain.kill_server_now)
             FIGURES["server_sigkills_after_commit_armed"] += 1
