@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from runstore.artifact import Artifact, find_artifact_row
-from runstore.config import check_conflict_strategy
 from runstore.errors import NotFoundError
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.run import Run, find_run_row
 from runstore.store import Store, default_home, reap_dead_runs
 from runstore.writer import Writer
@@ -93,8 +93,7 @@ def create_run(config_path: str | os.PathLike[str] | None = None, name: str = "d
     if config_path is not None:
         args.update(_read_run_config(config_path))
     check_conflict_strategy(args["conflict_strategy"])
-    if not isinstance(args["folder"], str) or not args["folder"]:
-        raise ValueError(f"folder must be a non-empty str, not {args['folder']!r}")
+    check_folder(args["folder"])
     hp = args["hparams"] or {}
     if not isinstance(hp, dict):
         raise TypeError(f"hparams must be a dict, not {type(hp).__name__}")
@@ -116,6 +115,7 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
     The run is set back to Running with its end timestamp cleared.
     """
     check_conflict_strategy(conflict_strategy)
+    check_folder(folder)
     store = default_store()
     row = _local_or_downloaded(store, str(path), "runs")
     with store.write() as conn:
@@ -182,6 +182,7 @@ def upload(path: str, folder: str = "default", make_folder: bool = False,
     """Upload a run or artifact (or a directory holding several) to the server."""
     from runstore import remote
 
+    check_folder(folder)
     check_conflict_strategy(conflict_strategy)
     remote.upload(path, folder=folder, make_folder=make_folder,
                   conflict_strategy=conflict_strategy)
