@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runstore.config import (
-    check_conflict_strategy,
-    delete_credentials,
-    load_config,
-    save_credentials,
-)
+from runstore.config import delete_credentials, load_config, save_credentials
 from runstore.errors import NotFoundError
 from runstore.remote.client import Client
 from runstore.remote.upload import Progress, UploadResult, upload_artifact, upload_run
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.store import Store
 
 
@@ -88,6 +84,7 @@ def upload(path: str | os.PathLike[str], folder: str = "default", make_folder: b
            ) -> list[UploadResult]:
     """t9k's upload(path, ...): one run/artifact, a parent dir of several, or a name."""
     check_conflict_strategy(conflict_strategy)
+    check_folder(folder)
     own_client = client is None
     client = client or Client.from_config()
     store = store or Store()

@@ -371,6 +371,10 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
         raise StoredValueError("run", run["alternative_name"], *problems[0])
     strategy = check_conflict_strategy(conflict_strategy or run["conflict_strategy"])
     folder = run["folder"] if folder is None else folder
+    try:
+        rules.check_folder(folder)
+    except rules.InvalidInputError as exc:  # syncd passes the run's own target as folder=
+        raise StoredValueError("run", run["alternative_name"], "folder", str(exc)) from None
     make_folder = bool(run["make_folder"]) if make_folder is None else make_folder
     finished = run["status"] in ("Complete", "Error")
     # Rows that exist now; a Running run may log more, they go up next time.
