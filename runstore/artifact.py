@@ -8,8 +8,10 @@ import uuid as _uuid
 from pathlib import Path
 from typing import Any
 
-from runstore.errors import InvalidValueError, NotFoundError
+from runstore.errors import InvalidValueError
 from runstore.names import alternative_name as make_alternative_name
+from runstore.rows import remote_history
+from runstore.rows import resolve_artifact as find_artifact_row
 from runstore.rules import (
     check_alternative_name,
     check_conflict_strategy,
@@ -22,6 +24,8 @@ from runstore.rules import (
     short,
 )
 from runstore.store import Store
+
+__all__ = ["Artifact", "find_artifact_row"]
 from runstore.timeutil import now_iso
 
 
@@ -88,8 +92,6 @@ class Artifact:
 
     @property
     def remote(self) -> list[dict[str, Any]]:
-        from runstore.run import remote_history
-
         return remote_history(self._store, "artifact", self.uuid)
 
     # -- adding objects --------------------------------------------------------------------
@@ -177,14 +179,3 @@ class Artifact:
         with Client.from_config() as client:
             upload_artifact(self._store, self.uuid, client, folder=folder,
                             make_folder=make_folder, conflict_strategy=conflict_strategy)
-
-
-def find_artifact_row(store: Store, ref: str) -> Any:
-    rows = store.read("SELECT * FROM artifacts WHERE uuid = ? OR alternative_name = ?",
-                      (ref, ref))
-    if not rows:
-        rows = store.read("SELECT * FROM artifacts WHERE name = ? ORDER BY id DESC LIMIT 1",
-                          (ref,))
-    if not rows:
-        raise NotFoundError(f"no artifact {ref!r} in the store {str(store.home)!r}")
-    return rows[0]

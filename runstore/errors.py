@@ -34,6 +34,10 @@ class NotFoundError(RunstoreError, LookupError):
     """A run or artifact that was asked for does not exist."""
 
 
+class AmbiguousError(NotFoundError):
+    """A reference (a name, a UUID prefix) matches several runs or artifacts."""
+
+
 class SQLError(RunstoreError):
     """User SQL was refused or failed."""
 

@@ -9,14 +9,16 @@ import threading
 import time
 import uuid as _uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runstore import capture
-from runstore.errors import NotFoundError
 from runstore.lifecycle import install_exit_handlers
 from runstore.lineage import association_entry
 from runstore.names import alternative_name as make_alternative_name
 from runstore.params import Params, check_json
+from runstore.rows import associations as read_associations
+from runstore.rows import read_metrics, remote_history
+from runstore.rows import resolve_run as find_run_row
 from runstore.rules import (
     INT64_MAX,
     INT64_MIN,
@@ -35,8 +37,7 @@ from runstore.store import Store, hostname
 from runstore.timeutil import now_iso
 from runstore.writer import MAX_BUFFERED_RECORDS, WAKE_AT_RECORDS, Writer, to_float
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["Run", "find_run_row", "read_metrics", "remote_history"]
 
 _str, _float, _int, _bool = str, float, int, bool
 _check_labels = check_labels
@@ -178,12 +179,7 @@ class Run:
 
     @property
     def associations(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {"input": [], "output": []}
-        for row in self._store.read(
-                "SELECT direction, entry FROM associations WHERE run_id = ? "
-                "ORDER BY direction, position", (self.id,)):
-            out[row["direction"]].append(json.loads(row["entry"]))
-        return out
+        return read_associations(self._store, self.id)
 
     asso = associations
 
@@ -418,43 +414,3 @@ class Run:
         with Client.from_config() as client:
             upload_run(self._store, self.uuid, client, folder=folder, make_folder=make_folder,
                        conflict_strategy=conflict_strategy)
-
-
-def remote_history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
-    return [
-        {"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
-         "path": r["path"], "id": r["remote_id"]}
-        for r in store.read(
-            "SELECT action, timestamp, host, path, remote_id FROM remote_history "
-            "WHERE entity = ? AND entity_uuid = ? ORDER BY id", (entity, entity_uuid))
-    ]
-
-
-def read_metrics(store: Store, run_id: int) -> dict[str, list[dict[str, Any]]]:
-    """Rebuild t9k's run.metrics from the long-format rows (one record per log() call)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    current: dict[str, Any] | None = None
-    current_key: tuple | None = None
-    conn = store.connection()
-    for type_, key, step, epoch, value, ts in conn.execute(
-            "SELECT type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ? "
-            "ORDER BY seq", (run_id,)):
-        group = (type_, step, epoch, ts)
-        if current is None or group != current_key or key in current["value"]:
-            current = {"value": {}, "sequence": {"epoch": epoch, "step": step, "timestamp": ts}}
-            current_key = group
-            out.setdefault(type_, []).append(current)
-        current["value"][key] = float("nan") if value is None else value
-    return out
-
-
-def find_run_row(store: Store, ref: str) -> Any:
-    """The runs row for a UUID, an alternative name, or a name (the latest run with it)."""
-    rows = store.read("SELECT * FROM runs WHERE uuid = ? OR alternative_name = ?", (ref, ref))
-    if not rows:
-        rows = store.read("SELECT * FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (ref,))
-    if not rows:
-        raise NotFoundError(
-            f"no run {ref!r} in the store {str(store.home)!r}; "
-            "`runstore ls` lists the runs there")
-    return rows[0]

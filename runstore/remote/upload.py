@@ -18,8 +18,8 @@ from runstore import rules
 from runstore.errors import PermanentRemoteError, RunstoreError
 from runstore.protocol import BLOB_PART_BYTES, METRIC_CHUNK_ROWS, encode_metric_row
 from runstore.remote.client import Client
+from runstore.rows import remote_history
 from runstore.rules import check_conflict_strategy
-from runstore.run import remote_history
 from runstore.store import Store
 from runstore.timeutil import now_iso
 
