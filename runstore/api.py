@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from runstore.artifact import Artifact, find_artifact_row
-from runstore.errors import AmbiguousError, NotFoundError
+from runstore.errors import AmbiguousError, InvalidTypeError, InvalidValueError, NotFoundError
 from runstore.rules import check_conflict_strategy, check_folder
 from runstore.run import Run, find_run_row
 from runstore.store import Store, default_home, reap_dead_runs
@@ -69,13 +69,14 @@ def _read_run_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"config_path {str(config_path)!r} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config_path {str(config_path)!r} is not valid YAML: {exc}") from exc
+        raise InvalidValueError(f"config_path {str(config_path)!r} is not valid YAML: "
+                                f"{exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"config_path {str(config_path)!r} must hold a mapping of "
+        raise InvalidValueError(f"config_path {str(config_path)!r} must hold a mapping of "
                          f"{', '.join(CONFIG_KEYS)}")
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"config_path {str(config_path)!r} has unknown keys {unknown}; "
+        raise InvalidValueError(f"config_path {str(config_path)!r} has unknown keys {unknown}; "
                          f"allowed: {', '.join(CONFIG_KEYS)}")
     return data
 
@@ -96,7 +97,7 @@ def create_run(config_path: str | os.PathLike[str] | None = None, name: str = "d
     check_folder(args["folder"])
     hp = args["hparams"] or {}
     if not isinstance(hp, dict):
-        raise TypeError(f"hparams must be a dict, not {type(hp).__name__}")
+        raise InvalidTypeError(f"hparams must be a dict, not {type(hp).__name__}")
     metadata = {
         "name": args["name"], "labels": args["labels"], "description": args["description"],
         "_target": {"folder": args["folder"], "make_folder": args["make_folder"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import faulthandler
-import functools
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import click
 
 from runstore import syncstate
-from runstore.errors import RunstoreError
+from runstore.cli.base import user_errors
 from syncd import daemon, lock, logs, loop, service
 from syncd.errors import SyncError
 from syncd.settings import Settings, load_settings
@@ -73,15 +72,8 @@ def _load(flags: dict[str, Any]) -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become one-line `Error: ...` messages with exit code 1."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (SyncError, RunstoreError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    return wrapper
+# Library errors (SyncError is a RunstoreError) become one-line `Error: ...`, exit code 1.
+_errors = user_errors
 
 
 @main.command("run")
