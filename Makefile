@@ -5,15 +5,16 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test setup demo-setup clean lint bench postgres-bin
 
-# Two venv stamps: `make demo` needs only the package with its server extra (no torch, Keras,
-# Lightning, mypy or test tools); `make test` (and `make setup`) adds the rest on top.
+# Two venv stamps: `make demo` needs only the package with its server extra and numpy for the
+# example (extra `demo`: no torch, Keras, Lightning, mypy or test tools); `make test` (and
+# `make setup`) adds the rest on top.
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
 $(DEMO_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server]'
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 $(TEST_STAMP): $(DEMO_STAMP)

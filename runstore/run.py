@@ -13,7 +13,7 @@ from typing import Any
 
 from runstore import capture
 from runstore.errors import InvalidTypeError, InvalidValueError, RunStateError
-from runstore.lifecycle import install_exit_handlers
+from runstore.lifecycle import default_store, install_exit_handlers, writer_for
 from runstore.lineage import association_entry
 from runstore.names import alternative_name as make_alternative_name
 from runstore.params import Params, check_json
@@ -56,8 +56,6 @@ class Run:
                  metrics: dict[str, list[dict[str, Any]]] | None = None,
                  platform: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
                  *, store: Store | None = None, _row: Any = None) -> None:
-        from runstore.api import default_store
-
         self._store = store or default_store()
         self._pending: collections.deque = collections.deque()
         self._flush_lock = threading.RLock()
@@ -137,8 +135,6 @@ class Run:
 
     @property
     def _writer(self) -> Writer:
-        from runstore.api import writer_for
-
         return writer_for(self._store)
 
     def __repr__(self) -> str:

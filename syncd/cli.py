@@ -18,6 +18,8 @@ import click
 
 from runstore import syncstate
 from runstore.cli.base import user_errors
+from runstore.rows import resolve_run
+from runstore.store import Store
 from syncd import daemon, lock, logs, loop, service
 from syncd.errors import SyncError
 from syncd.settings import Settings, load_settings
@@ -96,7 +98,6 @@ def run_cmd(**flags: Any) -> None:
 @_errors
 def once_cmd(**flags: Any) -> None:
     """Upload everything due now, then exit (non-zero if anything failed)."""
-    from runstore.store import Store
 
     settings = _load(flags)
     logs.setup(settings.log_level)
@@ -127,7 +128,6 @@ def _iso(ts: float | None) -> str | None:
 
 def status_report(settings: Settings, include_synced: bool = False) -> dict[str, Any]:
     """What `syncd status` shows: the daemon, the queue figures and the runs needing care."""
-    from runstore.store import Store
 
     store = Store(settings.home)
     try:
@@ -202,8 +202,6 @@ def status_cmd(as_json: bool, include_synced: bool, home: Path | None) -> None:
 def retry_cmd(run: str | None, all_failed: bool, home: Path | None) -> None:
     """Put a failed run (UUID, alternative name, directory or unique name: the rule of
     runstore.rows.resolve_run) or all failed runs back in the queue."""
-    from runstore.rows import resolve_run
-    from runstore.store import Store
 
     if bool(run) == all_failed:
         raise click.UsageError("give either RUN or --all-failed")
