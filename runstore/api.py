@@ -18,6 +18,7 @@ from runstore.lifecycle import writer_for as writer_for
 from runstore.rules import check_conflict_strategy, check_folder
 from runstore.run import Run, find_run_row
 from runstore.store import Store
+from runstore.store import default_home as default_home
 
 CONFIG_KEYS = ("name", "hparams", "labels", "description", "auto_upload", "folder",
                "make_folder", "conflict_strategy")
