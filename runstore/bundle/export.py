@@ -1,0 +1,310 @@
+"""Writing a bundle: a consistent snapshot of the selected runs, committed last.
+
+The rows are copied out of ONE read transaction on the live database (WAL: loggers go on
+writing meanwhile) into a fresh SQLite file, never by copying the live file. Watermarks
+(how far each run went out) are marked in the store only after COMMIT is durable, so a
+failed export (disk full, a kill) marks nothing and the next export carries the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runstore.bundle.format import (
+    COMMIT,
+    MANIFEST,
+    RECORDS,
+    BundleError,
+    Manifest,
+    RunEntry,
+    fsync_path,
+    sha256_file,
+)
+from runstore.errors import NotFoundError
+from runstore.schema import MIGRATIONS
+from runstore.store import BUSY_TIMEOUT_MS, Store, _split_sql, hostname
+from runstore.timeutil import now_iso
+
+MODES = ("since-last", "all", "runs")
+# What of a run, besides its rows, makes it worth carrying again when it changes.
+_STATE_COLUMNS = ("name", "labels", "description", "status", "start_timestamp", "end_timestamp",
+                  "hparams", "platform", "git", "folder", "make_folder", "conflict_strategy",
+                  "auto_upload", "generation")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: Manifest
+    metric_rows: int
+    blobs: int
+    bytes: int
+    runs: list[RunEntry] = field(default_factory=list)
+
+
+def store_id(store: Store) -> str:
+    """The stable id of a store (made by schema migration 3)."""
+    return str(store.read("SELECT value FROM store_meta WHERE key = 'store_id'")[0][0])
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, released when the process dies (no stale lock files)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create_records(path: Path) -> None:
+    """An empty records.sqlite with the store's schema but no triggers (nothing fires)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for script in MIGRATIONS:
+            for statement in _split_sql(script):
+                conn.execute(statement)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")\
+                .fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.execute("DELETE FROM store_meta")
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _state(conn: sqlite3.Connection, run: sqlite3.Row) -> str:
+    """A fingerprint of a run's metadata and lineage (not its rows, counted apart)."""
+    parts = [run[c] for c in _STATE_COLUMNS]
+    parts.append(conn.execute(
+        "SELECT json_group_array(json_array(direction, position, kind, entry)) FROM "
+        "(SELECT * FROM main.associations WHERE run_id = ? ORDER BY direction, position)",
+        (run["id"],)).fetchone()[0])
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _resolve_runs(conn: sqlite3.Connection, names: Sequence[str]) -> set[int]:
+    ids: set[int] = set()
+    for name in names:
+        rows = conn.execute("SELECT id FROM main.runs WHERE uuid = ? OR alternative_name = ? "
+                            "OR name = ?", (name, name, name)).fetchall()
+        if not rows:
+            raise NotFoundError(f"no run {name!r} in the local store. Try: `runstore ls` for "
+                                "the names.")
+        if len(rows) > 1:
+            raise BundleError(f"{name!r} names {len(rows)} runs. Try: give the alternative "
+                              "name or the UUID.")
+        ids.add(rows[0][0])
+    return ids
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> str:
+    return ", ".join(f'"{r[1]}"' for r in conn.execute(f"PRAGMA main.table_info({table})"))
+
+
+def _copy_blob(source: Path, target: Path, expected: str) -> int:
+    """Copy a store blob into the bundle, hashing on the way (a damaged blob is not carried)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with source.open("rb") as src, target.open("wb") as out:
+        while block := src.read(1 << 20):
+            digest.update(block)
+            out.write(block)
+            size += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    if digest.hexdigest() != expected:
+        raise BundleError(f"blob {source} of the local store is damaged (its sha256 is not its "
+                          "name); nothing was exported. Try: `runstore describe` the run that "
+                          "holds it and re-create that artifact.")
+    return size
+
+
+def export_bundle(store: Store, out_dir: str | os.PathLike[str], *, mode: str = "since-last",
+                  runs: Sequence[str] = ()) -> ExportResult | None:
+    """Write a bundle of what changed since the last export (or all, or the named runs).
+
+    Returns None when there is nothing to carry (nothing written, no sequence number used).
+    """
+    if mode not in MODES:
+        raise ValueError(f"export mode {mode!r} is not one of {', '.join(MODES)}")
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle directory {str(out)!r}: {exc.strerror}. "
+                          "Try: a writable directory (the transfer disk's mount point).") from exc
+    with _file_lock(store.home / "export.lock"):
+        return _export_locked(store, out, mode, runs)
+
+
+def _export_locked(store: Store, out: Path, mode: str, names: Sequence[str]
+                   ) -> ExportResult | None:
+    bundle_id = str(uuidlib.uuid4())
+    partial = out / f".partial-{bundle_id}"
+    partial.mkdir()
+    try:
+        result = _write(store, partial, out, bundle_id, mode, names)
+    except sqlite3.OperationalError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BundleError(
+            f"writing the bundle in {str(out)!r} failed ({exc}: disk full or a file-size "
+            "limit?); no COMMIT was written and nothing was marked exported. Try: free space "
+            "there, or export to a disk with room.") from exc
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BundleError(
+            f"writing the bundle in {str(out)!r} failed ({exc.strerror or exc}); no COMMIT was "
+            "written and nothing was marked exported. Try: free space there, or export to a "
+            "disk with room.") from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return result
+
+
+def _write(store: Store, partial: Path, out: Path, bundle_id: str, mode: str,
+           names: Sequence[str]) -> ExportResult | None:
+    records = partial / RECORDS
+    _create_records(records)
+    conn = sqlite3.connect(store.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("ATTACH DATABASE ? AS b", (str(records),))
+        conn.execute("BEGIN")  # one read snapshot of the live store for everything below
+        snap = _snapshot(conn, mode, names)
+        if snap is None:
+            conn.execute("ROLLBACK")
+            shutil.rmtree(partial, ignore_errors=True)
+            return None
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE b")
+    finally:
+        conn.close()
+    source_store, sequence, entries, marks, blobs = snap
+
+    files: dict[str, dict[str, object]] = {}
+    total = 0
+    for sha in sorted(blobs):
+        name = f"blobs/{sha[:2]}/{sha}"
+        size = _copy_blob(store.blob_path(sha), partial / name, sha)
+        files[name] = {"sha256": sha, "size": size}
+        total += size
+    fsync_path(records)
+    sha, size = sha256_file(records)
+    files[RECORDS] = {"sha256": sha, "size": size}
+    total += size
+    manifest = Manifest(bundle_id=bundle_id, source_store=source_store, source_host=hostname(),
+                        sequence=sequence, created_at=now_iso(),
+                        schema_version=len(MIGRATIONS), mode=mode, runs=tuple(entries),
+                        files=files)
+    raw = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
+    _write_durably(partial / MANIFEST, raw)
+    for d in {p.parent for p in partial.rglob("*") if p.is_file()}:
+        fsync_path(d)
+    # The commit point: COMMIT (the manifest's hash) is renamed into place, then the whole
+    # directory gets its final name; readers ignore dot-names and bundles without COMMIT.
+    _write_durably(partial / (COMMIT + ".tmp"),
+                   json.dumps({"manifest_sha256": hashlib.sha256(raw).hexdigest()}).encode())
+    os.replace(partial / (COMMIT + ".tmp"), partial / COMMIT)
+    fsync_path(partial)
+    final = out / manifest.name
+    os.replace(partial, final)
+    fsync_path(out)
+
+    rows = sum(e.rows_to - e.rows_from for e in entries)
+    with store.write() as wconn:
+        wconn.execute("INSERT INTO bundle_exports (sequence, bundle_id, created_at, path, "
+                      "run_count, metric_rows) VALUES (?, ?, ?, ?, ?, ?)",
+                      (sequence, bundle_id, manifest.created_at, str(final), len(entries), rows))
+        wconn.executemany(
+            "INSERT INTO bundle_watermarks (run_id, rows_exported, state, sequence) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+            "rows_exported = max(rows_exported, excluded.rows_exported), "
+            "state = excluded.state, sequence = excluded.sequence",
+            [(run_id, rows_to, state, sequence) for run_id, rows_to, state in marks])
+        wconn.executemany("INSERT OR IGNORE INTO bundle_blobs_exported (sha256, sequence) "
+                          "VALUES (?, ?)", [(s, sequence) for s in blobs])
+    return ExportResult(final, manifest, rows, len(blobs), total, list(entries))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _snapshot(conn: sqlite3.Connection, mode: str, names: Sequence[str]):
+    """Inside the read transaction: choose what goes, copy its rows into the attached ``b``."""
+    source_store = conn.execute("SELECT value FROM main.store_meta WHERE key = 'store_id'"
+                                ).fetchone()[0]
+    sequence = conn.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM main.bundle_exports"
+                            ).fetchone()[0]
+    wanted = _resolve_runs(conn, names) if mode == "runs" else None
+    marks_now = {r["run_id"]: r for r in conn.execute("SELECT * FROM main.bundle_watermarks")}
+    entries: list[RunEntry] = []
+    marks: list[tuple[int, int, str]] = []
+    chosen: list[tuple[int, int, int]] = []
+    for run in conn.execute("SELECT * FROM main.runs ORDER BY id").fetchall():
+        if wanted is not None and run["id"] not in wanted:
+            continue
+        count = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM main.metrics "
+                             "WHERE run_id = ?", (run["id"],)).fetchone()[0]
+        state = _state(conn, run)
+        start = 0
+        if mode == "since-last" and run["id"] in marks_now:
+            mark = marks_now[run["id"]]
+            if mark["rows_exported"] >= count and mark["state"] == state:
+                continue  # nothing new since it last went out
+            start = min(mark["rows_exported"], count)
+        chosen.append((run["id"], start, count))
+        entries.append(RunEntry(run["uuid"], run["alternative_name"], run["generation"],
+                                run["status"], start, count))
+        marks.append((run["id"], count, state))
+    if not chosen:
+        return None
+    ids = ",".join(str(c[0]) for c in chosen)
+    conn.execute(f"INSERT INTO b.runs SELECT {_columns(conn, 'runs')} FROM main.runs "
+                 f"WHERE id IN ({ids})")
+    cols = _columns(conn, "metrics")
+    for run_id, start, end in chosen:
+        conn.execute(f"INSERT INTO b.metrics SELECT {cols} FROM main.metrics "
+                     "WHERE run_id = ? AND seq >= ? AND seq < ?", (run_id, start, end))
+    art_ids = "SELECT artifact_id FROM main.associations WHERE run_id IN " \
+              f"({ids}) AND artifact_id IS NOT NULL"
+    conn.execute(f"INSERT INTO b.artifacts SELECT {_columns(conn, 'artifacts')} "
+                 f"FROM main.artifacts WHERE id IN ({art_ids})")
+    conn.execute(f"INSERT INTO b.artifact_objects SELECT {_columns(conn, 'artifact_objects')} "
+                 f"FROM main.artifact_objects WHERE artifact_id IN ({art_ids})")
+    shas = {r[0] for r in conn.execute(
+        f"SELECT DISTINCT sha256 FROM main.artifact_objects WHERE artifact_id IN ({art_ids}) "
+        "AND sha256 IS NOT NULL")}
+    conn.execute(f"INSERT INTO b.blobs SELECT {_columns(conn, 'blobs')} FROM main.blobs "
+                 "WHERE sha256 IN (SELECT sha256 FROM b.artifact_objects)")
+    conn.execute(f"INSERT INTO b.associations SELECT {_columns(conn, 'associations')} "
+                 f"FROM main.associations WHERE run_id IN ({ids})")
+    conn.execute(f"INSERT INTO b.sync_state SELECT {_columns(conn, 'sync_state')} "
+                 f"FROM main.sync_state WHERE run_id IN ({ids})")
+    conn.execute(f"INSERT INTO b.remote_history SELECT {_columns(conn, 'remote_history')} "
+                 "FROM main.remote_history WHERE entity_uuid IN (SELECT uuid FROM b.runs "
+                 "UNION SELECT uuid FROM b.artifacts)")
+    if mode == "since-last":
+        sent = {r[0] for r in conn.execute("SELECT sha256 FROM main.bundle_blobs_exported")}
+        shas -= sent
+    return source_store, sequence, entries, marks, shas
