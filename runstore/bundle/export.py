@@ -250,12 +250,9 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _snapshot(conn: sqlite3.Connection, mode: str, names: Sequence[str]):
-    """Inside the read transaction: choose what goes, copy its rows into the attached ``b``."""
-    source_store = conn.execute("SELECT value FROM main.store_meta WHERE key = 'store_id'"
-                                ).fetchone()[0]
-    sequence = conn.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM main.bundle_exports"
-                            ).fetchone()[0]
+def _select(conn: sqlite3.Connection, mode: str, names: Sequence[str]
+            ) -> tuple[list[tuple[int, int, int]], list[RunEntry], list[tuple[int, int, str]]]:
+    """The runs to carry: (id, rows_from, rows_to), their manifest entries, new watermarks."""
     wanted = _resolve_runs(conn, names) if mode == "runs" else None
     marks_now = {r["run_id"]: r for r in conn.execute("SELECT * FROM main.bundle_watermarks")}
     entries: list[RunEntry] = []
@@ -277,6 +274,27 @@ def _snapshot(conn: sqlite3.Connection, mode: str, names: Sequence[str]):
         entries.append(RunEntry(run["uuid"], run["alternative_name"], run["generation"],
                                 run["status"], start, count))
         marks.append((run["id"], count, state))
+    return chosen, entries, marks
+
+
+def pending_changes(store: Store) -> list[RunEntry]:
+    """What ``export_bundle(mode='since-last')`` would carry now (nothing is written)."""
+    conn = sqlite3.connect(store.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("BEGIN")
+        return _select(conn, "since-last", ())[1]
+    finally:
+        conn.close()
+
+
+def _snapshot(conn: sqlite3.Connection, mode: str, names: Sequence[str]):
+    """Inside the read transaction: choose what goes, copy its rows into the attached ``b``."""
+    source_store = conn.execute("SELECT value FROM main.store_meta WHERE key = 'store_id'"
+                                ).fetchone()[0]
+    sequence = conn.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM main.bundle_exports"
+                            ).fetchone()[0]
+    chosen, entries, marks = _select(conn, mode, names)
     if not chosen:
         return None
     ids = ",".join(str(c[0]) for c in chosen)

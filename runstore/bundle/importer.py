@@ -20,7 +20,7 @@ from typing import Any
 from runstore.bundle.export import _file_lock
 from runstore.bundle.format import Manifest, is_bundle, verify
 from runstore.bundle.merge import copy_blobs, merge, readiness
-from runstore.errors import RunstoreError
+from runstore.errors import RunstoreError, TransientRemoteError
 from runstore.store import Store, default_home
 
 STAGING_DIR = "imports"
@@ -34,6 +34,7 @@ class RunOutcome:
     remote_path: str | None = None
     complete: bool = False
     detail: str | None = None
+    transient: bool = False   # failed for now (server away): the next import retries
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -163,6 +164,9 @@ def upload_ready(store: Store, client: Any, *, upload: Callable[..., Any] | None
             continue
         try:
             result = upload(store, uuid, client)
+        except TransientRemoteError as exc:
+            out.append(_outcome(store, uuid, "failed", detail=str(exc), transient=True))
+            continue
         except RunstoreError as exc:
             out.append(_outcome(store, uuid, "failed", detail=str(exc)))
             continue
