@@ -375,3 +375,25 @@ def test_nothing_lost_nothing_twice(tmp_path: Path) -> None:
     assert done["http_errors_sent"] + done["lost_responses"] + done["server_sigkills"] + \
         done["daemon_sigkills"] + done["training_sigkills"] > 0
     assert done["checked_lost"] == done["checked_duplicated"] == done["checked_unexpected"] == 0
+
+
+# --- air-gapped node (issue 10): bundles are its only link; tests/reliability/airgap.py ------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_air_gapped_node_nothing_lost_nothing_twice(tmp_path: Path) -> None:
+    """Bundles dropped, duplicated, reordered, truncated; imports and the server SIGKILLed:
+    once every bundle has been delivered intact at least once, lost = duplicated = 0."""
+    from tests.reliability.airgap import AirGapMachine
+
+    AirGapMachine.base_dir = tmp_path
+    before = FIGURES.copy()
+    run_state_machine_as_test(AirGapMachine, settings=machine_settings(
+        int(os.environ.get("RUNSTORE_AIRGAP_EXAMPLES", "2")),
+        int(os.environ.get("RUNSTORE_AIRGAP_STEPS", "20")),
+        derandomize=os.environ.get("CI") == "true"))
+    done = FIGURES - before
+    print(dict(sorted(done.items())))
+    assert done["airgap_checked_runs"] > 0 and done["airgap_checked_rows"] > 0
+    assert done["airgap_checked_lost"] == done["airgap_checked_duplicated"] == \
+        done["airgap_checked_unexpected"] == 0
+# --- end of the air-gapped node block --------------------------------------------------------
