@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/concurrent_writers.py
 	$(BIN)/python benchmarks/upload_throughput.py
 	$(BIN)/python benchmarks/sync_latency.py
+	$(BIN)/python benchmarks/bundle_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

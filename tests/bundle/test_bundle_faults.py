@@ -200,13 +200,23 @@ except BundleError as exc:
 """
 
 
-@pytest.mark.parametrize("limit", [20_000, 150_000])  # records.sqlite / the blob fills it
+# A store's first export copies database pages (backup API), a later one copies rows; the
+# limit falls in records.sqlite or in the blob.
+@pytest.mark.parametrize("later,limit", [(False, 20_000), (False, 150_000), (True, 20_000)])
 def test_disk_full_while_exporting_writes_no_commit_and_marks_nothing(tmp_path: Path,
-                                                                     limit: int):
+                                                                     later: bool, limit: int):
     source, uuids = source_with_runs(tmp_path / "node", tmp_path)
+    usb = tmp_path / "usb"
+    marked = {}
+    if later:
+        assert export_bundle(source, tmp_path / "earlier")
+        from tests.remote.rs_fixtures import make_run
+
+        make_run(source, "more", n_metrics=3000)
+    for table in ("bundle_exports", "bundle_watermarks", "bundle_blobs_exported"):
+        marked[table] = source.read(f"SELECT * FROM {table}")
     script = tmp_path / "full.py"
     script.write_text(textwrap.dedent(DISK_FULL))
-    usb = tmp_path / "usb"
     proc = subprocess.run([sys.executable, str(script), str(usb), str(limit)],
                           env={**os.environ, "RUNSTORE_HOME": str(tmp_path / "node")},
                           capture_output=True, text=True, timeout=60)
@@ -215,9 +225,11 @@ def test_disk_full_while_exporting_writes_no_commit_and_marks_nothing(tmp_path: 
     assert "no COMMIT was written and nothing was marked exported. Try: free space" in \
         proc.stdout
     assert list(usb.iterdir()) == []  # the partial bundle was removed, nothing committed
-    for table in ("bundle_exports", "bundle_watermarks", "bundle_blobs_exported"):
-        assert source.read(f"SELECT COUNT(*) FROM {table}")[0][0] == 0, table
-    # space returns: the next export carries everything
+    for table, rows in marked.items():
+        assert [tuple(r) for r in source.read(f"SELECT * FROM {table}")] == \
+            [tuple(r) for r in rows], table
+    # space returns: the next export carries everything not carried before
     made = export_bundle(source, usb)
-    assert made and made.metric_rows == 3070 and made.blobs == 2
-    assert made.manifest.sequence == 1
+    assert made and made.manifest.sequence == (2 if later else 1)
+    assert made.metric_rows == (3000 if later else 3070)
+    assert made.blobs == (0 if later else 2)

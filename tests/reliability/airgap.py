@@ -99,11 +99,13 @@ class AirGapMachine(RuleBasedStateMachine):
             self.agent.call(op="flush", uuid=uuid)
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data(), n=st.integers(1, 3000))
-    def log_rows(self, data, n: int) -> None:
+    @rule(data=st.data(), n=st.integers(1, 3000), then_export=st.booleans())
+    def log_rows(self, data, n: int, then_export: bool) -> None:
         uuid = data.draw(st.sampled_from(self.open))
         self.agent.call(op="log", uuid=uuid, n=n)
         self.agent.call(op="flush", uuid=uuid)
+        if then_export:  # a bundle of a live run (syncd --to-dir's schedule)
+            self.export()
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), size=st.sampled_from([1, 70_000, 600_000]))
@@ -115,12 +117,14 @@ class AirGapMachine(RuleBasedStateMachine):
         self.model[uuid].artifacts.append(answer["artifact_uuid"])
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data())
-    def finish_run(self, data) -> None:
+    @rule(data=st.data(), then_export=st.booleans())
+    def finish_run(self, data, then_export: bool) -> None:
         uuid = data.draw(st.sampled_from(self.open))
         self.agent.call(op="finish", uuid=uuid)
         self.open.remove(uuid)
         self.model[uuid].finished = True
+        if then_export:  # syncd --to-dir writes a bundle when a run ends
+            self.export()
 
     @precondition(lambda self: self.open)
     @rule()
@@ -152,10 +156,12 @@ class AirGapMachine(RuleBasedStateMachine):
         assert report.bundles[0].error is None, report.bundles[0].error
 
     @precondition(lambda self: self.bundles)
-    @rule(data=st.data(), how=st.sampled_from(["intact", "twice", "truncated",
-                                               "uncommitted"]))
+    @rule(data=st.data(), how=st.sampled_from(["intact", "intact", "twice", "truncated",
+                                               "uncommitted", "then-server-sigkill"]))
     def deliver(self, data, how: str) -> None:
-        """Any bundle, in any order: intact, twice, or cut short (refused, not delivered)."""
+        """Any bundle, in any order: intact, twice, or cut short (refused, not delivered);
+        or intact, and then the gateway's server dies (the next delivery restarts it: the
+        uploads that met it dead go again then)."""
         if not self.server.running():
             self.server.start()
         bundle = data.draw(st.sampled_from(self.bundles))
@@ -178,9 +184,12 @@ class AirGapMachine(RuleBasedStateMachine):
             self._import(copy)
             FIGURES["airgap_deliveries"] += 1
         self.delivered.add(bundle)
+        if how == "then-server-sigkill":
+            self.server.kill()
+            FIGURES["airgap_server_sigkills"] += 1
 
     @precondition(lambda self: self.bundles)
-    @rule(data=st.data(), delay=st.floats(0.0, 1.5))
+    @rule(data=st.data(), delay=st.floats(0.2, 2.5))
     def sigkill_import(self, data, delay: float) -> None:
         """`runstore import` SIGKILLed at a random moment (merge, blob copy, upload)."""
         if not self.server.running():
@@ -198,15 +207,6 @@ class AirGapMachine(RuleBasedStateMachine):
             proc.send_signal(signal.SIGKILL)
             FIGURES["airgap_import_sigkills"] += 1
         proc.wait(60)
-
-    @rule()
-    def server_sigkill_or_start(self) -> None:
-        """The gateway's server dies between imports (uploads then fail, later ones resume)."""
-        if self.server.running():
-            self.server.kill()
-            FIGURES["airgap_server_sigkills"] += 1
-        else:
-            self.server.start()
 
     @invariant()
     def nothing_twice_nothing_unlogged(self) -> None:
