@@ -216,7 +216,7 @@ def run_drop(settings: Settings, *, to_dir: Path | None = None, from_dir: Path |
             wake.clear()
             try:
                 worker.sync_once()
-            except RunstoreError as exc:
+            except (RunstoreError, OSError) as exc:  # a disk or store hiccup: next pass
                 log.error("%s; retried in %.0fs", exc, settings.fallback_interval_s)
             if not ready:
                 notifier.ready("drop mode")

@@ -150,14 +150,20 @@ def _outcome(store: Store, uuid: str, outcome: str, **kw: Any) -> RunOutcome:
 
 def upload_ready(store: Store, client: Any, *, upload: Callable[..., Any] | None = None
                  ) -> list[RunOutcome]:
-    """Upload every run of the store not yet synced whose rows and blobs are all here."""
+    """Upload every run of the store not yet synced whose rows and blobs are all here.
+
+    A run the server refused for good (a name conflict under 'error', a diverged copy) is
+    marked failed and left alone until a newer bundle of it arrives (the merge makes it
+    pending again), so one bad run does not fail every later import.
+    """
+    from runstore import syncstate
     from runstore.remote import upload_run
 
     upload = upload or upload_run
     out = []
     for (uuid,) in store.read(
             "SELECT r.uuid FROM runs r LEFT JOIN sync_state s ON s.run_id = r.id "
-            "WHERE s.state IS NULL OR s.state != 'synced' ORDER BY r.id"):
+            "WHERE s.state IS NULL OR s.state IN ('pending', 'uploading') ORDER BY r.id"):
         reason = readiness(store, uuid)
         if reason is not None:
             out.append(_outcome(store, uuid, "held", detail=reason))
@@ -168,6 +174,7 @@ def upload_ready(store: Store, client: Any, *, upload: Callable[..., Any] | None
             out.append(_outcome(store, uuid, "failed", detail=str(exc), transient=True))
             continue
         except RunstoreError as exc:
+            syncstate.mark_failed(store, uuid, str(exc))
             out.append(_outcome(store, uuid, "failed", detail=str(exc)))
             continue
         out.append(_outcome(store, uuid, result.outcome, remote_path=result.remote_path,

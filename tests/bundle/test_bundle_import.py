@@ -168,3 +168,46 @@ def test_import_killed_at_random_points_then_rerun_is_exactly_once(tmp_path: Pat
     staging = staging_store(tmp_path / "gateway")
     assert staging.read("PRAGMA integrity_check")[0][0] == "ok"
     assert staging.read("SELECT COUNT(*) FROM bundle_imports")[0][0] == 1
+
+
+def test_export_named_runs_whole_and_bad_arguments(tmp_path: Path):
+    source, (a, b, c) = source_with_runs(tmp_path / "node", tmp_path)
+    alt = source.read("SELECT alternative_name FROM runs WHERE uuid = ?", (b,))[0][0]
+    assert export_bundle(source, tmp_path / "usb")  # everything went out once already
+    out = cli("export", str(tmp_path / "usb"), alt, "--json", home=tmp_path / "node")
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert [(r["uuid"], r["rows_from"], r["rows_to"]) for r in made["runs"]] == [(b, 0, 50)]
+    both = cli("export", str(tmp_path / "usb"), "--all", alt, home=tmp_path / "node")
+    assert both.returncode == 2 and "give RUN names or --all, not both" in both.stderr
+    missing = cli("export", str(tmp_path / "usb"), "nosuchrun", home=tmp_path / "node")
+    assert (missing.returncode, missing.stderr) == (
+        1, "Error: no run 'nosuchrun' in the local store. Try: `runstore ls` for the names.\n")
+
+
+def test_a_run_the_server_refuses_fails_alone_and_once(tmp_path: Path, server, alice, client):
+    """conflict_strategy='error' and the name is taken: that run fails with the server's
+    reason, the others go up; the next import does not try it again until it changes."""
+    from runstore.store import Store
+    from tests.remote.rs_fixtures import make_run
+
+    source = Store(tmp_path / "node")
+    taken = make_run(Store(tmp_path / "other"), "taken", n_metrics=5)
+    from runstore.remote import upload_run
+
+    upload_run(Store(tmp_path / "other"), taken, client)
+    refused = make_run(source, "taken", n_metrics=5, strategy="error")
+    fine = make_run(source, "fine", n_metrics=5)
+    bundle = export_bundle(source, tmp_path / "usb")
+    assert bundle
+    first = cli("import", str(bundle.path), home=tmp_path / "gateway", server=server,
+                token=alice)
+    assert first.returncode == 1
+    assert any(x.startswith("Run created: /alice/default/fine") for x in
+               first.stdout.splitlines())
+    [line] = first.stderr.splitlines()
+    assert line.startswith("Run failed: taken_") and "taken" in line
+    again = cli("import", str(bundle.path), home=tmp_path / "gateway", server=server,
+                token=alice)
+    assert (again.returncode, again.stderr) == (0, "")
+    assert refused not in server_runs(client) and fine in server_runs(client)
