@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--points-per-run", type=int, default=10_000)
+    parser.add_argument("--export-only", action="store_true",
+                        help="Skip the import and incremental parts (quick re-measure).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bundle-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -113,8 +115,11 @@ def main() -> None:
         finish(store, run)
         bundle, t_export, t_cp, t_cp_sync = bench_export(store, tmp)
         size_mb = _tree_bytes(bundle) / 1e6
-        t_import, t_upload = bench_import(store, run, bundle, tmp)
-        t_incr = bench_incremental(tmp, args.runs, args.points_per_run)
+        if args.export_only:
+            t_import = t_upload = t_incr = float("nan")
+        else:
+            t_import, t_upload = bench_import(store, run, bundle, tmp)
+            t_incr = bench_incremental(tmp, args.runs, args.points_per_run)
 
     print(f"bundle: {args.points:,} points + {args.mb} MB artifact = {size_mb:.1f} MB on disk")
     print(f"export          {t_export:6.2f} s  ({size_mb / t_export:6.1f} MB/s)")
