@@ -77,6 +77,9 @@ def import_cmd(paths: tuple[str, ...], into_store: bool, as_json: bool) -> None:
 
     bundles = []
     for path in paths:
+        if not Path(path).expanduser().exists():
+            raise click.ClickException(f"{path!r} does not exist. Try: the path of a bundle "
+                                       "directory (or of the directory holding bundles).")
         found = find_bundles(Path(path).expanduser())
         if found:
             bundles.extend(found)

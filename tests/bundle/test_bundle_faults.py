@@ -116,6 +116,13 @@ def test_newer_schema_version_is_refused_naming_it(tmp_path: Path, bundle: Path)
     assert f"bundle schema version {newer} is newer than this runstore's ({newer - 1})" in line
 
 
+def test_a_missing_path_says_so(tmp_path: Path):
+    out = cli("import", str(tmp_path / "nowhere"), home=tmp_path / "gateway")
+    assert (out.returncode, out.stderr) == (
+        1, f"Error: {str(tmp_path / 'nowhere')!r} does not exist. Try: the path of a bundle "
+        "directory (or of the directory holding bundles).\n")
+
+
 def test_not_a_bundle_says_so(tmp_path: Path):
     (tmp_path / "somedir").mkdir()
     out = cli("import", str(tmp_path / "somedir"), home=tmp_path / "gateway")
