@@ -131,6 +131,13 @@ def once_cmd(**flags: Any) -> None:
 
     settings = _load(flags)
     logs.setup(settings.log_level)
+    export_dir = drop.drop_dir(settings, None)
+    if export_dir is not None:  # drop mode: one bundle of what changed, if anything did
+        with lock.acquire(settings.home):
+            written = drop.export_once(settings.home, export_dir)
+        click.echo(f"bundle written: {written}" if written else
+                   "nothing new since the last export; no bundle written")
+        return
     daemon.check_logged_in(settings)
     with lock.acquire(settings.home):
         store = Store(settings.home)

@@ -86,6 +86,17 @@ class Exporter:
         return max(0.5, self.interval_s - (self.clock() - self.last_export))
 
 
+def export_once(home: Path, out: Path) -> Path | None:
+    """`syncd once` in drop mode: reap crashed runs, write a bundle of what changed."""
+    store = Store(home)
+    try:
+        reap_dead_runs(store)
+        result = export_bundle(store, out)
+        return result.path if result else None
+    finally:
+        store.close()
+
+
 class Importer:
     """Imports committed bundles that appear in a drop dir, then uploads what is whole."""
 

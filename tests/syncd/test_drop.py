@@ -132,3 +132,28 @@ def test_drop_mode_across_the_gap_exactly_once(tmp_path: Path, home: Path, confi
     assert in_progress.exists()  # never imported, never moved: it has no COMMIT
     assert gateway_status.count(" synced  /alice/") == 3
     assert "imported from bundles (imports/):" in gateway_status
+
+
+def test_syncd_once_in_drop_mode_writes_one_bundle(tmp_path: Path, home: Path,
+                                                   config_dir: Path):
+    make_runs(home, 1, rows=10)
+    (config_dir / "config.toml").write_text(f'[syncd]\ntarget = "dir:{tmp_path / "usb"}"\n')
+    env = {"RUNSTORE_HOME": str(home), "RUNSTORE_CONFIG_DIR": str(config_dir),
+           "PATH": "/usr/bin"}
+
+    def once() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "syncd.cli", "once"], capture_output=True,
+                              text=True, cwd=REPO_ROOT, timeout=60, env=env)
+
+    first = once()
+    assert first.returncode == 0, first.stderr
+    [bundle] = _committed(tmp_path / "usb")
+    assert first.stdout == f"bundle written: {bundle}\n"
+    second = once()
+    assert (second.returncode, second.stdout) == (
+        0, "nothing new since the last export; no bundle written\n")
+    (config_dir / "config.toml").write_text('[syncd]\ntarget = "/mnt/usb"\n')
+    bad = once()
+    assert bad.returncode == 1
+    assert bad.stderr == ("Error: target '/mnt/usb' is not a drop directory. Try: target = "
+                          '"dir:/mnt/transfer" (or leave it out to upload to the server)\n')
