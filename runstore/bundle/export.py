@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,37 +173,51 @@ def _export_locked(store: Store, out: Path, mode: str, names: Sequence[str]
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    if result is None:  # nothing to carry
+        shutil.rmtree(partial, ignore_errors=True)
     return result
 
 
 def _write(store: Store, partial: Path, out: Path, bundle_id: str, mode: str,
            names: Sequence[str]) -> ExportResult | None:
     records = partial / RECORDS
-    conn = sqlite3.connect(store.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if _everything_goes(conn, mode):
-            snap = _snapshot_by_backup(conn, records)
-        else:
-            snap = _snapshot_by_copy(conn, records, mode, names)
-    finally:
-        conn.close()
-    if snap is None:
-        shutil.rmtree(partial, ignore_errors=True)
-        return None
-    source_store, sequence, entries, marks, blobs = snap
-
     files: dict[str, dict[str, object]] = {}
     total = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # records.sqlite is hashed while the blobs are copied (both release the GIL).
+
+    def blob(sha: str) -> Path:
+        return partial / "blobs" / sha[:2] / sha
+
+    # Copies, hashing and SQLite's page copy release the GIL: on a full export the blobs in
+    # use now are copied while the snapshot is taken (the snapshot then says which go).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        early: dict[str, Future[int]] = {}
+        conn = sqlite3.connect(store.db_path, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if _everything_goes(conn, mode):
+                for (sha,) in conn.execute(
+                        "SELECT DISTINCT o.sha256 FROM artifact_objects o JOIN associations a "
+                        "ON a.artifact_id = o.artifact_id WHERE o.sha256 IS NOT NULL"):
+                    early[sha] = pool.submit(_copy_blob, store.blob_path(sha), blob(sha))
+                snap = _snapshot_by_backup(conn, records)
+            else:
+                snap = _snapshot_by_copy(conn, records, mode, names)
+        finally:
+            conn.close()
+        if snap is None:
+            return None  # the caller removes the partial directory
+        source_store, sequence, entries, marks, blobs = snap
         hashed = pool.submit(_fsync_and_hash, records)
         for sha in sorted(blobs):
-            name = f"blobs/{sha[:2]}/{sha}"
-            size = _copy_blob(store.blob_path(sha), partial / name)
-            files[name] = {"sha256": sha, "size": size}
+            size = early.pop(sha).result() if sha in early else \
+                _copy_blob(store.blob_path(sha), blob(sha))
+            files[f"blobs/{sha[:2]}/{sha}"] = {"sha256": sha, "size": size}
             total += size
+        for sha, copying in early.items():  # in use a moment ago, not in the snapshot
+            copying.result()
+            blob(sha).unlink()
         sha, size = hashed.result()
     files[RECORDS] = {"sha256": sha, "size": size}
     total += size
