@@ -31,7 +31,7 @@ from runstore.bundle.format import (
     fsync_path,
     sha256_file,
 )
-from runstore.errors import NotFoundError
+from runstore.rows import resolve_run
 from runstore.schema import MIGRATIONS
 from runstore.store import BUSY_TIMEOUT_MS, Store, _split_sql, hostname
 from runstore.timeutil import now_iso
@@ -97,21 +97,6 @@ def _state(conn: sqlite3.Connection, run: sqlite3.Row) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
-def _resolve_runs(conn: sqlite3.Connection, names: Sequence[str]) -> set[int]:
-    ids: set[int] = set()
-    for name in names:
-        rows = conn.execute("SELECT id FROM main.runs WHERE uuid = ? OR alternative_name = ? "
-                            "OR name = ?", (name, name, name)).fetchall()
-        if not rows:
-            raise NotFoundError(f"no run {name!r} in the local store. Try: `runstore ls` for "
-                                "the names.")
-        if len(rows) > 1:
-            raise BundleError(f"{name!r} names {len(rows)} runs. Try: give the alternative "
-                              "name or the UUID.")
-        ids.add(rows[0][0])
-    return ids
-
-
 def _columns(conn: sqlite3.Connection, table: str) -> str:
     return ", ".join(f'"{r[1]}"' for r in conn.execute(f"PRAGMA main.table_info({table})"))
 
@@ -147,8 +132,11 @@ def export_bundle(store: Store, out_dir: str | os.PathLike[str], *, mode: str = 
     except OSError as exc:
         raise BundleError(f"cannot create the bundle directory {str(out)!r}: {exc.strerror}. "
                           "Try: a writable directory (the transfer disk's mount point).") from exc
+    # RUN references by the project's one resolver (UUID, alternative name, directory,
+    # unique name, UUID prefix); runs are never deleted, so the snapshot still holds them.
+    uuids = [resolve_run(store, ref)["uuid"] for ref in runs] if mode == "runs" else []
     with _file_lock(store.home / "export.lock"):
-        return _export_locked(store, out, mode, runs)
+        return _export_locked(store, out, mode, uuids)
 
 
 def _export_locked(store: Store, out: Path, mode: str, names: Sequence[str]
@@ -332,13 +320,13 @@ def _write_durably(path: Path, data: bytes) -> None:
 def _select(conn: sqlite3.Connection, mode: str, names: Sequence[str]
             ) -> tuple[list[tuple[int, int, int]], list[RunEntry], list[tuple[int, int, str]]]:
     """The runs to carry: (id, rows_from, rows_to), their manifest entries, new watermarks."""
-    wanted = _resolve_runs(conn, names) if mode == "runs" else None
+    wanted = set(names) if mode == "runs" else None  # UUIDs (export_bundle resolved them)
     marks_now = {r["run_id"]: r for r in conn.execute("SELECT * FROM main.bundle_watermarks")}
     entries: list[RunEntry] = []
     marks: list[tuple[int, int, str]] = []
     chosen: list[tuple[int, int, int]] = []
     for run in conn.execute("SELECT * FROM main.runs ORDER BY id").fetchall():
-        if wanted is not None and run["id"] not in wanted:
+        if wanted is not None and run["uuid"] not in wanted:
             continue
         count = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM main.metrics "
                              "WHERE run_id = ?", (run["id"],)).fetchone()[0]

@@ -1,12 +1,19 @@
 """Command line: `runstore ...`. Each module registers its commands on the group in base.py.
 
-local.py   ls, describe, sql             (the local store)
-remote.py  login, logout, upload         (talking to a server)
-server.py  serve, user                   (running a server)
-transfer.py export, import               (bundles across an air gap)
+local.py    ls, describe, sql             (the local store)
+remote.py   login, logout, upload         (talking to a server)
+server.py   serve, user                   (running a server)
+doctor.py   doctor                        (stored values the server would refuse)
+transfer.py export, import                (bundles across an air gap)
 """
 
-from runstore.cli import local, remote, server, transfer  # noqa: F401  (registers commands)
+from runstore.cli import (  # noqa: F401  (registers the commands)
+    doctor,
+    local,
+    remote,
+    server,
+    transfer,
+)
 from runstore.cli.base import main
 
 __all__ = ["main"]

@@ -182,7 +182,8 @@ def test_export_named_runs_whole_and_bad_arguments(tmp_path: Path):
     assert both.returncode == 2 and "give RUN names or --all, not both" in both.stderr
     missing = cli("export", str(tmp_path / "usb"), "nosuchrun", home=tmp_path / "node")
     assert (missing.returncode, missing.stderr) == (
-        1, "Error: no run 'nosuchrun' in the local store. Try: `runstore ls` for the names.\n")
+        1, f"Error: no run 'nosuchrun' in the store {str(tmp_path / 'node')!r} (not a UUID, "
+        "alternative name, directory or name there). Try: runstore ls\n")
 
 
 def test_a_run_the_server_refuses_fails_alone_and_once(tmp_path: Path, server, alice, client):
