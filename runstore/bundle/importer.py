@@ -12,14 +12,15 @@ bundle wait for each other; the second finds it merged and its runs synced.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runstore.bundle.export import _file_lock
-from runstore.bundle.format import Manifest, is_bundle, verify
-from runstore.bundle.merge import copy_blobs, merge, readiness
+from runstore.bundle.format import RECORDS, BundleError, Manifest, is_bundle, verify
+from runstore.bundle.merge import check_records, copy_blobs, merge, readiness
 from runstore.errors import RunstoreError, TransientRemoteError
 from runstore.store import Store, default_home
 
@@ -108,8 +109,19 @@ def gaps(store: Store) -> list[str]:
 def merge_bundle(store: Store, bundle: Path) -> tuple[Manifest, bool]:
     """Verify every hash, then merge; (manifest, False) if it had been merged already."""
     manifest = verify(bundle)  # before anything is written
-    copy_blobs(store, bundle, manifest)
-    return manifest, merge(store, bundle, manifest)
+    try:
+        check_records(bundle / RECORDS)
+        copy_blobs(store, bundle, manifest)
+        return manifest, merge(store, bundle, manifest)
+    except sqlite3.DatabaseError as exc:  # hashes hold, yet not a records file we can read
+        raise BundleError(
+            f"{bundle / RECORDS} cannot be merged ({exc}); nothing of it was written. "
+            "Try: export the bundle again with runstore (or check the tool that wrote it "
+            "against docs/AIRGAP.md).") from exc
+    except OSError as exc:
+        raise BundleError(
+            f"importing {bundle} into {str(store.home)!r} failed ({exc.strerror or exc}); "
+            "no row of it was written. Try: free space there, then import again.") from exc
 
 
 def import_bundles(paths: Iterable[Path], *, store: Store, client: Any | None = None,
@@ -117,7 +129,7 @@ def import_bundles(paths: Iterable[Path], *, store: Store, client: Any | None = 
     """Import bundles into ``store``; with a client, upload every run that is ready.
 
     A bundle that fails verification is refused (named in the report) and the others go on.
-    ``upload`` defaults to runstore.remote.upload_run (syncd passes its own options).
+    ``upload`` defaults to runstore.remote.upload_run (a parameter, so tests can wrap it).
     """
     report = ImportReport()
     bundles = [b for p in paths for b in (find_bundles(Path(p)) or [Path(p)])]

@@ -37,6 +37,18 @@ def _connect(store: Store, records: Path) -> sqlite3.Connection:
     return conn
 
 
+def check_records(records: Path) -> None:
+    """Raise sqlite3.DatabaseError unless records.sqlite is a database with the tables a
+    merge reads (checked before any blob is copied, so a bad file writes nothing)."""
+    conn = sqlite3.connect(f"file:{quote(str(records))}?mode=ro&immutable=1", uri=True)
+    try:
+        for table in ("runs", "metrics", "artifacts", "artifact_objects", "blobs",
+                      "associations", "remote_history"):
+            conn.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
+    finally:
+        conn.close()
+
+
 def copy_blobs(store: Store, bundle: Path, manifest: Manifest) -> None:
     """Blobs into the store (content-addressed: a blob already there is not copied again)."""
     for name, info in sorted(manifest.files.items()):

@@ -116,6 +116,22 @@ def test_newer_schema_version_is_refused_naming_it(tmp_path: Path, bundle: Path)
     assert f"bundle schema version {newer} is newer than this runstore's ({newer - 1})" in line
 
 
+def test_records_that_are_not_a_database_are_refused(tmp_path: Path, bundle: Path):
+    """Hashes that hold (a tool that wrote a bad bundle) do not make a bad file mergeable."""
+    records = bundle / RECORDS
+    records.write_bytes(b"not a database" * 100)
+
+    def reseal(data):
+        data["files"][RECORDS] = {"sha256": hashlib.sha256(records.read_bytes()).hexdigest(),
+                                  "size": records.stat().st_size}
+
+    _rewrite_manifest(bundle, reseal)
+    [line] = _import_refused(tmp_path, bundle)
+    assert line == (f"refused {bundle}: {records} cannot be merged (file is not a database); "
+                    "nothing of it was written. Try: export the bundle again with runstore (or "
+                    "check the tool that wrote it against docs/AIRGAP.md).")
+
+
 def test_a_missing_path_says_so(tmp_path: Path):
     out = cli("import", str(tmp_path / "nowhere"), home=tmp_path / "gateway")
     assert (out.returncode, out.stderr) == (
