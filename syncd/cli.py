@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import faulthandler
-import functools
 import json
 import os
 import signal
@@ -18,7 +17,9 @@ from typing import Any
 import click
 
 from runstore import syncstate
-from runstore.errors import RunstoreError
+from runstore.cli.base import user_errors
+from runstore.rows import resolve_run
+from runstore.store import Store
 from syncd import daemon, drop, lock, logs, loop, service
 from syncd.errors import SyncError
 from syncd.settings import Settings, load_settings
@@ -73,15 +74,8 @@ def _load(flags: dict[str, Any]) -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become one-line `Error: ...` messages with exit code 1."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (SyncError, RunstoreError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    return wrapper
+# Library errors (SyncError is a RunstoreError) become one-line `Error: ...`, exit code 1.
+_errors = user_errors
 
 
 @main.command("run")
@@ -127,7 +121,6 @@ def _run_drop(settings: Settings, to_dir: Path | None, from_dir: Path | None) ->
 @_errors
 def once_cmd(**flags: Any) -> None:
     """Upload everything due now, then exit (non-zero if anything failed)."""
-    from runstore.store import Store
 
     settings = _load(flags)
     logs.setup(settings.log_level)
@@ -165,7 +158,6 @@ def _iso(ts: float | None) -> str | None:
 
 def status_report(settings: Settings, include_synced: bool = False) -> dict[str, Any]:
     """What `syncd status` shows: the daemon, the queue figures and the runs needing care."""
-    from runstore.store import Store
 
     store = Store(settings.home)
     try:
@@ -245,8 +237,6 @@ def status_cmd(as_json: bool, include_synced: bool, home: Path | None) -> None:
 def retry_cmd(run: str | None, all_failed: bool, home: Path | None) -> None:
     """Put a failed run (UUID, alternative name, directory or unique name: the rule of
     runstore.rows.resolve_run) or all failed runs back in the queue."""
-    from runstore.rows import resolve_run
-    from runstore.store import Store
 
     if bool(run) == all_failed:
         raise click.UsageError("give either RUN or --all-failed")

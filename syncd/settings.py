@@ -39,7 +39,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from runstore.config import ConfigError, check_conflict_strategy, config_dir, load_config
+from runstore.config import ConfigError, config_dir, load_config
+from runstore.errors import InvalidInputError
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.store import default_home
 from syncd.errors import SettingsError
 
@@ -74,7 +76,7 @@ class Settings:
         return out
 
 
-# [syncd] keys read here; concurrency/only_auto_upload also pass through load_config().
+# [syncd] keys: parsed here only (file and environment by the same _parse, then _check).
 _SYNCD_KEYS: dict[str, type] = {
     "concurrency": int, "only_auto_upload": bool, "live_interval_s": float,
     "fallback_interval_s": float, "max_backoff_s": float, "log_level": str,
@@ -115,7 +117,8 @@ def _check(s: Settings) -> Settings:
         raise SettingsError(f"bundle_interval_s {s.bundle_interval_s} must be > 0")
     try:
         check_conflict_strategy(s.conflict_strategy)
-    except ValueError as exc:
+        check_folder(s.folder)
+    except InvalidInputError as exc:
         raise SettingsError(str(exc)) from None
     return s
 
@@ -151,8 +154,7 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     values: dict[str, Any] = {
         "home": home, "host": cfg.host, "token": cfg.token, "timeout_s": cfg.timeout_s,
         "folder": cfg.folder, "make_folder": cfg.make_folder,
-        "conflict_strategy": cfg.conflict_strategy, "concurrency": cfg.syncd_concurrency,
-        "only_auto_upload": cfg.syncd_only_auto_upload,
+        "conflict_strategy": cfg.conflict_strategy,
     }
     values.update(syncd_values)
     for key, kind in _SYNCD_KEYS.items():

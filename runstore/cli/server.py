@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from runstore.cli.base import main
+from runstore.cli.base import main, user_errors
 
 
 def _default_data_dir() -> Path:
@@ -96,30 +96,24 @@ def user() -> None:
 @click.argument("name")
 @data_option
 @database_option
+@user_errors
 def user_add(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Create a user and print its API token (shown only this once)."""
     from runstore.server import auth
-    from runstore.server.paths import BadPath
 
-    try:
-        token = auth.add_user(_database(data_dir, database_url), name)
-    except (BadPath, auth.UserExists) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(token)
+    click.echo(auth.add_user(_database(data_dir, database_url), name))
 
 
 @user.command("token")
 @click.argument("name")
 @data_option
 @database_option
+@user_errors
 def user_token(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Print a new additional API token for an existing user."""
     from runstore.server import auth
 
-    try:
-        click.echo(auth.new_token(_database(data_dir, database_url), name))
-    except auth.NoSuchUser as exc:
-        raise click.ClickException(str(exc)) from exc
+    click.echo(auth.new_token(_database(data_dir, database_url), name))
 
 
 @user.command("list")
@@ -146,15 +140,13 @@ def user_list(data_dir: Path | None, database_url: str | None, as_json: bool) ->
 @click.option("--token-id", default=None, help="Revoke only this token (see `user list`).")
 @data_option
 @database_option
+@user_errors
 def user_revoke(name: str, token_id: str | None, data_dir: Path | None,
                 database_url: str | None) -> None:
     """Revoke all tokens of a user (or one with --token-id)."""
     from runstore.server import auth
 
-    try:
-        n = auth.revoke(_database(data_dir, database_url), name, token_id)
-    except auth.NoSuchUser as exc:
-        raise click.ClickException(str(exc)) from exc
+    n = auth.revoke(_database(data_dir, database_url), name, token_id)
     if token_id is not None and n == 0:
         raise click.ClickException(f"user {name!r} has no active token {token_id!r}")
     click.echo(f"revoked {n} token(s) of {name}")

@@ -18,21 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from runstore.server import db
+from runstore.server.errors import AuthError as AuthError
+from runstore.server.errors import NoSuchUser as NoSuchUser
+from runstore.server.errors import UserExists as UserExists
 from runstore.server.paths import check_user
 
 TOKEN_RE = re.compile(r"rst_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
-
-
-class AuthError(Exception):
-    """No valid token (401)."""
-
-
-class UserExists(ValueError):
-    pass
-
-
-class NoSuchUser(LookupError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -69,7 +60,7 @@ def new_token(database: db.Database, name: str) -> str:
     with database.write() as conn:
         row = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
         if row is None:
-            raise NoSuchUser(f"no user {name!r}")
+            raise NoSuchUser(f"no user {name!r}. Try: runstore user list")
         return _new_token(conn, row.id, name)
 
 
@@ -79,10 +70,16 @@ def _new_token(conn, user_id: int, name: str) -> str:
     conn.execute(db.tokens.insert().values(
         id=token_id, user_id=user_id, token_hash=_hash(token), created_at=time.time()))
     # Also ensure the user's root folder exists, so /<user> is listable from the start.
-    from runstore.server.service import ensure_root_folder
-
     ensure_root_folder(conn, user_id, name)
     return token
+
+
+def ensure_root_folder(conn, user_id: int, name: str) -> None:
+    """Create the user's root folder /<name> unless it exists (service.py uses it too)."""
+    path = f"/{name}"
+    if conn.execute(select(db.folders.c.id).where(db.folders.c.path == path)).first() is None:
+        db.insert_ignore(conn, db.folders, owner_id=user_id, path=path, parent_id=None,
+                         created_at=time.time())
 
 
 def list_users(database: db.Database) -> list[dict]:
@@ -104,7 +101,7 @@ def revoke(database: db.Database, name: str, token_id: str | None = None) -> int
     with database.write() as conn:
         user = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
         if user is None:
-            raise NoSuchUser(f"no user {name!r}")
+            raise NoSuchUser(f"no user {name!r}. Try: runstore user list")
         stmt = update(db.tokens).where(db.tokens.c.user_id == user.id,
                                        db.tokens.c.revoked_at.is_(None))
         if token_id is not None:
