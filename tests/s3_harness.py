@@ -100,6 +100,9 @@ class SeaweedProcess:
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
             f"-s3.config={self.config_path}", f"-debug.port={p['debug']}",
             "-volume.max=0", "-master.volumeSizeLimitMB=64", "-iam=false",
+            # Listeners with fixed default ports, off (two stores at once must not collide).
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-sftp=false", "-mq.broker=false",
+            "-mq.agent=false", "-debug=false",
             "-webdav=false", "-s3.autoCreateBucket",
             f"-filer.localSocket={self.base / 'filer.sock'}",
             f"-s3.localSocket={self.base / 's3.sock'}",

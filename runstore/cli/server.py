@@ -69,8 +69,10 @@ def _database(data_dir: Path | None, url: str | None = None):
 @click.option("--blobs", "blobs", envvar="RUNSTORE_BLOBS", default=None, metavar="LOCATION",
               help="Where blobs live: a directory (default: --data) or s3://BUCKET/PREFIX "
                    "(AWS_* environment variables; env RUNSTORE_BLOBS). See docs/SCALING.md.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="Server processes on this port (needs --database postgresql://...).")
+@click.option("--workers", envvar="RUNSTORE_WORKERS", default=1, show_default=True,
+              type=click.IntRange(1, 256),
+              help="Server processes on this port (needs --database postgresql://...; "
+                   "env RUNSTORE_WORKERS).")
 def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
           log_level: str, blobs: str | None, workers: int) -> None:
     """Run the runstore server (FastAPI on uvicorn)."""
