@@ -7,6 +7,7 @@ server (SQLite backend) when MLflow is installed.
 
     .venv/bin/python benchmarks/fleet.py [--levels 1,10,50,200] [--points 1000]
         [--mlflow /path/to/venv/bin/mlflow]     # default: `mlflow` on PATH, else skipped
+        [--mlflow-levels 1,10,50]
 
 Each uploader is a store of its own with finished runs of --points points and one 4 KB
 artifact each; "finish-to-visible" is from the run's finish to the server acknowledging it
@@ -84,7 +85,9 @@ def _upload_mlflow(url: str, _token: str, store, run: str) -> None:
         created.raise_for_status()
         mlrun = created.json()["run"]["info"]["run_id"]
         for i in range(0, len(rows), 1000):
-            metrics = [{"key": f"{t}/{k}", "value": v if v is not None else 0.0,
+            # JSON has no NaN/infinity: those become 0 (MLflow's REST API takes numbers).
+            metrics = [{"key": f"{t}/{k}", "value": v if v is not None and -1e308 < v < 1e308
+                        else 0.0,
                         "timestamp": now, "step": s} for t, k, s, v in rows[i:i + 1000]]
             h.post(f"{api}/runs/log-batch",
                    json={"run_id": mlrun, "metrics": metrics}).raise_for_status()
@@ -258,6 +261,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,10,50,200")
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--mlflow", default=shutil.which("mlflow"))
+    parser.add_argument("--mlflow-levels", default="1,10,50",
+                        help="MLflow's levels (200 uploaders take many minutes there)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     from tests.pg_harness import PostgresProcess
@@ -274,10 +279,12 @@ def main() -> None:
         rows += bench_runstore("runstore 1 replica, SQLite + dir", tmp, 1, levels,
                                args.points)
         if args.mlflow:
-            rows += bench_mlflow(args.mlflow, tmp, levels, args.points)
+            rows += bench_mlflow(args.mlflow, tmp,
+                                 [int(x) for x in args.mlflow_levels.split(",")], args.points)
         else:
             print("MLflow: skipped (no `mlflow` on PATH; pass --mlflow PATH)")
-    reference = {level: fig["pps"] for label, level, fig, _ in rows if label.startswith("MLflow")}
+    reference = {level: fig["pps"] for label, level, fig, _ in rows
+                 if label.startswith("MLflow") and fig["pps"] > 0}
     print()
     print("| setup | uploaders | points/s | p95 finish-to-visible | peak RSS per replica |"
           + (" vs MLflow |" if reference else ""))
