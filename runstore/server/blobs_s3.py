@@ -110,9 +110,10 @@ class S3Backend:
         current = sum(s for _, s, _ in parts)
         if offset != current:
             raise Conflict(f"at offset {current}, not {offset}; resume from {current}")
-        if offset == 0 and await self.exists(sha):
+        if offset == 0 and size <= CREATE_ONLY_MAX and await self.exists(sha):
             # Stored already (another user, or another replica): verify these bytes anyway,
-            # the caller only owns the blob after sending them.
+            # the caller only owns the blob after sending them. (A larger one is staged and
+            # verified at its last part like any other: _put_verified skips the write.)
             hasher = hashlib.sha256()
             n = 0
             async for chunk in chunks:

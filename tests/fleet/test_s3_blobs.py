@@ -66,6 +66,14 @@ def test_artifact_round_trips_through_the_bucket_and_a_cut_upload_resumes(
                 assert got.status_code == 200
                 assert got.headers["content-length"] == str(len(data))
                 assert b"".join(got.iter_bytes()) == data
+        # Another user sends the same bytes: stored already, yet verified and owned only
+        # after sending them all (staged like any other large blob, nothing rewritten).
+        bob = server.add_user("bob")
+        with Client(server.url, bob) as client:
+            assert upload_artifact(store, art, client).bytes_sent >= len(big)
+        got = httpx.get(f"{server.url}{API}/blobs/{hashlib.sha256(big).hexdigest()}",
+                        headers={"Authorization": f"Bearer {bob}"}, timeout=60)
+        assert got.status_code == 200 and got.content == big
     assert s3.list_keys("roundtrip/uploads/") == []
 
 
