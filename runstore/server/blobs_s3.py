@@ -104,8 +104,6 @@ class S3Backend:
 
     async def append(self, key: str, sha: str, offset: int, size: int,
                      chunks: AsyncIterator[bytes]) -> int:
-        import obstore
-
         parts = await self._parts(key)
         current = sum(s for _, s, _ in parts)
         if offset != current:
@@ -138,22 +136,32 @@ class S3Backend:
                 pass
             if counter.n == 0:
                 return 0
-            await obstore.put_async(self.store, f"{self._parts_prefix(key)}{0:020d}",
-                                    _replay(counter.kept), use_multipart=True,
-                                    chunk_size=MULTIPART_CHUNK,
-                                    max_concurrency=MULTIPART_CONCURRENCY)
+            await self._put_part(key, 0, _replay(counter.kept))
             written = counter.n
         else:
             counter = _Counter()
-            await obstore.put_async(self.store, f"{self._parts_prefix(key)}{offset:020d}",
-                                    _limit(chunks, size - offset, counter, keep=False),
-                                    use_multipart=True, chunk_size=MULTIPART_CHUNK,
-                                    max_concurrency=MULTIPART_CONCURRENCY)
+            await self._put_part(key, offset, _limit(chunks, size - offset, counter, keep=False,
+                                                        declared=size))
             written = offset + counter.n
         if written < size:
             return written
         await self._commit_parts(key, sha, size)
         return size
+
+    async def _put_part(self, key: str, offset: int, chunks: AsyncIterator[bytes]) -> None:
+        """One staged part, a multipart upload completed only when the body ended whole (a
+        body cut short, or too long, aborts it: nothing staged)."""
+        import obstore
+
+        try:
+            await obstore.put_async(self.store, f"{self._parts_prefix(key)}{offset:020d}",
+                                    chunks, use_multipart=True, chunk_size=MULTIPART_CHUNK,
+                                    max_concurrency=MULTIPART_CONCURRENCY)
+        except Exception as exc:
+            inner = _cause(exc, (TooLarge,))
+            if inner is not None:
+                raise inner from None
+            raise
 
     async def _commit_parts(self, key: str, sha: str, size: int) -> None:
         import obstore
@@ -248,13 +256,14 @@ class _Counter:
 
 
 async def _limit(chunks: AsyncIterator[bytes], room: int, counter: _Counter,
-                 keep: bool = True) -> AsyncIterator[bytes]:
-    """Pass chunks through, counting; TooLarge past room. keep: remember them (at most one
-    request body, <= the upload limit) so a short body can be staged instead."""
+                 keep: bool = True, declared: int | None = None) -> AsyncIterator[bytes]:
+    """Pass chunks through, counting; TooLarge past room (the declared size less the offset).
+    keep: remember them (at most one request body of <= 8 MiB, the direct path) so a short
+    body can be staged instead."""
     async for chunk in chunks:
         counter.n += len(chunk)
         if counter.n > room:
-            raise TooLarge(f"more bytes than the declared {room}")
+            raise TooLarge(f"more bytes than the declared {declared or room}")
         if keep:
             counter.kept.append(chunk)
         yield chunk

@@ -108,6 +108,29 @@ def test_wrong_bytes_store_nothing_in_the_bucket(s3: SeaweedProcess, tmp_path: P
     assert s3.list_keys(f"{prefix}/") == []
 
 
+@pytest.mark.parametrize("size", [1000, 9 * 1024 * 1024], ids=["direct", "staged"])
+def test_more_bytes_than_declared_is_413_and_stores_nothing(s3: SeaweedProcess,
+                                                             tmp_path: Path, size: int):
+    data = secrets.token_bytes(size + 1000)
+    sha = hashlib.sha256(data[:size]).hexdigest()
+    prefix = f"toolarge{size}"
+    with s3_server(s3, tmp_path / "srv", prefix) as server:
+        token = server.add_user("alice")
+        with httpx.Client(base_url=server.url + API, timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as h:
+            offset = 0
+            if size > 8 * 1024 * 1024:  # the first 8 MiB staged, the rest overflows
+                offset = h.patch(f"/uploads/{sha}", params={"offset": 0, "size": size},
+                                 content=data[:8 * 1024 * 1024]).json()["offset"]
+            answer = h.patch(f"/uploads/{sha}", params={"offset": offset, "size": size},
+                             content=data[offset:])
+            assert answer.status_code == 413, answer.text
+            assert f"more bytes than the declared {size} for {sha}" in answer.json()["detail"]
+            assert h.post("/uploads", json={"sha256": sha, "size_bytes": size}
+                          ).json()["offset"] == offset
+    assert s3.list_keys(f"{prefix}/blobs/") == []
+
+
 def test_two_replicas_writing_one_blob_at_the_same_instant(s3: SeaweedProcess, pg_url: str,
                                                            tmp_path: Path):
     """Two replicas on one database and one bucket get the same blob at the same instant
