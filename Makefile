@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup demo-setup clean lint bench postgres-bin
+.PHONY: demo test setup demo-setup clean lint bench bench-fleet postgres-bin
 
 # Two venv stamps: `make demo` needs only the package with its server extra and numpy for the
 # example (extra `demo`: no torch, Keras, Lightning, mypy or test tools); `make test` (and
@@ -56,6 +56,12 @@ bench: setup
 	$(BIN)/python benchmarks/upload_throughput.py
 	$(BIN)/python benchmarks/sync_latency.py
 	$(BIN)/python benchmarks/bundle_throughput.py
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/s3_blobs.py
+
+# The fleet curve (docs/SCALING.md): several minutes; MLflow's server if `mlflow` is on PATH.
+bench-fleet: setup postgres-bin
+	$(BIN)/python benchmarks/fleet.py --points 2000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,6 +3,7 @@
 local.py    ls, describe, sql             (the local store)
 remote.py   login, logout, upload         (talking to a server)
 server.py   serve, user                   (running a server)
+scale.py    serve --workers, server migrate  (several processes; SQLite -> PostgreSQL + S3)
 doctor.py   doctor                        (stored values the server would refuse)
 transfer.py export, import                (bundles across an air gap)
 """
@@ -11,6 +12,7 @@ from runstore.cli import (  # noqa: F401  (registers the commands)
     doctor,
     local,
     remote,
+    scale,
     server,
     transfer,
 )

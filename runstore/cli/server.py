@@ -66,9 +66,22 @@ def _database(data_dir: Path | None, url: str | None = None):
 @database_option
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--blobs", "blobs", envvar="RUNSTORE_BLOBS", default=None, metavar="LOCATION",
+              help="Where blobs live: a directory (default: --data) or s3://BUCKET/PREFIX "
+                   "(AWS_* environment variables; env RUNSTORE_BLOBS). See docs/SCALING.md.")
+@click.option("--workers", envvar="RUNSTORE_WORKERS", default=1, show_default=True,
+              type=click.IntRange(1, 256),
+              help="Server processes on this port (needs --database postgresql://...; "
+                   "env RUNSTORE_WORKERS).")
 def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
-          log_level: str) -> None:
+          log_level: str, blobs: str | None, workers: int) -> None:
     """Run the runstore server (FastAPI on uvicorn)."""
+    if workers > 1:
+        from runstore.cli.scale import serve_workers
+
+        serve_workers(data_dir or _default_data_dir(), host, port, database_url, log_level,
+                      blobs, workers)
+        return
     try:
         import uvicorn
 
@@ -81,10 +94,21 @@ def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
 
     data = data_dir or _default_data_dir()
     database = _open_database(database_url, data) if database_url else None
-    app = create_app(data, database=database)
+    app = _checked_app(create_app, data, database, blobs)
     where = f"data: {data}" + (f", database: {display_url(database_url)}" if database_url else "")
+    where += f", blobs: {app.state.blobs.backend.description}"
     click.echo(f"runstore server on http://{host}:{port} ({where})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+
+
+def _checked_app(create_app, data: Path, database, blobs: str | None):
+    """create_app, with a bad --blobs value as a one-line error."""
+    from runstore.server.errors import Invalid
+
+    try:
+        return create_app(data, database=database, blobs=blobs)
+    except Invalid as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.group()

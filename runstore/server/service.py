@@ -230,7 +230,10 @@ def append_metrics(conn: Connection, user: User, uuid: str, offset: int,
                         f"{uuid}; send from offset {count}")
     fresh = rows[count - offset:]
     if fresh:
-        db.insert_metric_rows(conn, run.id, count, fresh)
+        try:
+            db.insert_metric_rows(conn, run.id, count, fresh)
+        except db.UnstorableValue as exc:
+            raise Invalid(str(exc)) from None
         done = conn.execute(update(db.runs).where(
             db.runs.c.id == run.id, db.runs.c.metric_count == count).values(
             metric_count=count + len(fresh), updated_at=time.time())).rowcount
