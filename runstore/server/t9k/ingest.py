@@ -1,0 +1,264 @@
+"""Files uploaded by t9k clients, parsed into the server's own tables.
+
+A t9k client uploads a run as its directory's files, in any order, and with ``auto_upload``
+again each time one changes; a file can be read while the client rewrites it, so an upload can
+be cut short (t9k's write_yaml_file truncates, then writes). The rule: a file that does not
+parse into what it must hold changes nothing (the last valid state stays); metrics files only
+ever grow (t9k appends records), so only the records beyond those already held become rows,
+and a trailing record that is incomplete is not taken until a later upload completes it.
+
+YAML is read as YAML 1.1 by PyYAML's safe loader (``.nan``, ``.inf``, ``-.inf``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any
+
+import yaml
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from runstore import protocol as p
+from runstore.server import db
+from runstore.server.service import dumps
+
+PARSED_RUN_FILES = frozenset({"metadata.yaml", "hyperparameters.yaml", "platform.yaml",
+                              "git.yaml", "index.yaml"})
+PARSED_ARTIFACT_FILES = frozenset({"metadata.yaml", "references.yaml"})
+STATUSES = ("Running", "Complete", "Error")
+# A complete t9k timestamp (a cut-short one lacks its offset).
+TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)")
+
+try:
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML without libyaml
+    _Loader = yaml.SafeLoader
+
+
+def is_parsed_run_file(key: str) -> bool:
+    return key in PARSED_RUN_FILES or (key.startswith("metrics/") and key.endswith(".yaml")
+                                       and "/" not in key[8:])
+
+
+def load_yaml(data: bytes) -> Any:
+    """The YAML document, or None if it does not parse (cut short, not YAML)."""
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=_Loader)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-storable: non-finite floats (which t9k's YAML may hold) become their names."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return p.encode_value(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # dates and other YAML scalars
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def run_metadata(doc: Any) -> dict[str, Any] | None:
+    """The column values of a valid run metadata.yaml, else None."""
+    if not isinstance(doc, dict) or doc.get("kind", "Run") != "Run":
+        return None
+    name, status, start = doc.get("name"), doc.get("status"), doc.get("startTimestamp")
+    end, labels = doc.get("endTimestamp"), doc.get("labels", [])
+    if not isinstance(name, str) or status not in STATUSES or not isinstance(start, str) \
+            or not TIMESTAMP_RE.fullmatch(start) or not _str_list(labels) \
+            or not isinstance(doc.get("description", ""), str) or "remote" not in doc \
+            or not isinstance(doc.get("remote"), list):
+        return None
+    if status != "Running" and not (isinstance(end, str) and TIMESTAMP_RE.fullmatch(end)):
+        return None
+    assoc = doc.get("associations") or {}
+    if not isinstance(assoc, dict):
+        return None
+    values = {"run_name": name[:128], "labels": dumps(labels),
+              "description": doc.get("description", ""), "status": status,
+              "start_timestamp": start, "end_timestamp": end if status != "Running" else None,
+              "remote": dumps(json_safe(doc["remote"])), "complete": status != "Running"}
+    values["associations"] = {d: [e for e in (assoc.get(d) or []) if isinstance(e, dict)
+                                  and isinstance(e.get("kind"), str)]
+                              for d in ("input", "output")}
+    return values
+
+
+def metric_records(doc: Any, type_: str) -> list[list[tuple]]:
+    """The longest valid prefix of a metrics file's records, each as metric rows."""
+    if not isinstance(doc, list):
+        return []
+    out: list[list[tuple]] = []
+    for record in doc:
+        rows = _record_rows(record, type_)
+        if rows is None:
+            break
+        out.append(rows)
+    return out
+
+
+def _record_rows(record: Any, type_: str) -> list[tuple] | None:
+    if not isinstance(record, dict):
+        return None
+    values, seq = record.get("value"), record.get("sequence")
+    if not isinstance(values, dict) or not isinstance(seq, dict):
+        return None
+    ts = seq.get("timestamp")
+    if not isinstance(ts, str) or not TIMESTAMP_RE.fullmatch(ts):
+        return None
+    wire = [[type_, str(k), seq.get("step"), seq.get("epoch"),
+             p.encode_value(v) if isinstance(v, float) else v, ts] for k, v in values.items()]
+    try:
+        return p.decode_metric_rows(wire)
+    except ValueError:
+        return None
+
+
+def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
+    """Apply one uploaded run file to the run's rows; False if it was not valid (kept as
+    it was). The caller holds the run's row lock."""
+    doc = load_yaml(data)
+    if key == "index.yaml":
+        return isinstance(doc, dict)  # derived from the rest; rendered on download
+    if key == "metadata.yaml":
+        values = run_metadata(doc)
+        if values is None:
+            return False
+        associations = values.pop("associations")
+        conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
+            updated_at=time.time(), **values))
+        _set_associations(conn, run, associations)
+        return True
+    if key in ("hyperparameters.yaml", "platform.yaml", "git.yaml"):
+        if not isinstance(doc, dict):
+            return False
+        column = {"hyperparameters.yaml": "hparams", "platform.yaml": "platform",
+                  "git.yaml": "git"}[key]
+        conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
+            {column: dumps(json_safe(doc)), "updated_at": time.time()}))
+        return True
+    return _ingest_metrics(conn, run, key, doc)
+
+
+def _ingest_metrics(conn: Connection, run: Any, key: str, doc: Any) -> bool:
+    type_ = key[len("metrics/"):-len(".yaml")]
+    if not 0 < len(type_) <= p.MAX_METRIC_TEXT:
+        return False
+    records = metric_records(doc, type_)
+    f = db.t9k_run_files.c
+    held_row = conn.execute(select(f.records).where(f.run_id == run.id, f.path == key)).first()
+    if held_row is not None:
+        held = held_row.records
+    else:  # first upload of this file: records logged before (a run from runstore) count
+        from runstore.server.t9k.render import count_records
+
+        held = count_records(conn, run.id, type_)
+    if len(records) <= held:
+        return bool(records) or isinstance(doc, list)
+    rows = [row for record in records[held:] for row in record]
+    count = conn.execute(select(db.runs.c.metric_count).where(db.runs.c.id == run.id)).scalar_one()
+    if rows:
+        db.insert_metric_rows(conn, run.id, count, rows)
+    conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
+        metric_count=count + len(rows), updated_at=time.time()))
+    if held_row is None:
+        conn.execute(db.t9k_run_files.insert().values(run_id=run.id, path=key,
+                                                      records=len(records)))
+    else:
+        conn.execute(update(db.t9k_run_files).where(f.run_id == run.id, f.path == key)
+                     .values(records=len(records)))
+    return True
+
+
+def _set_associations(conn: Connection, run: Any, associations: dict[str, list[dict]]) -> None:
+    """Lineage rows from metadata.yaml's associations, keeping the artifacts already linked
+    (by POST /graphs, or by an earlier upload) and finding the others by alternative name."""
+    lin = db.lineage.c
+    linked = {(r.direction, r.entry): r.artifact_id for r in conn.execute(
+        select(lin.direction, lin.entry, lin.artifact_id).where(lin.run_id == run.id))}
+    conn.execute(delete(db.lineage).where(lin.run_id == run.id))
+    for direction, entries in associations.items():
+        for position, entry in enumerate(entries):
+            text = dumps(json_safe(entry))
+            artifact_id = linked.get((direction, text))
+            if artifact_id is None and entry.get("kind") == "Artifact":
+                artifact_id = artifact_by_alternative(conn, run.owner_id, entry.get("name"))
+            conn.execute(db.lineage.insert().values(
+                run_id=run.id, direction=direction, position=position,
+                kind=entry["kind"][:64], artifact_id=artifact_id, entry=text))
+
+
+def artifact_by_alternative(conn: Connection, owner_id: int, alternative: Any) -> int | None:
+    """The user's newest artifact with this alternative name (None if there is none)."""
+    if not isinstance(alternative, str):
+        return None
+    return conn.execute(select(func.max(db.artifacts.c.id)).where(
+        db.artifacts.c.owner_id == owner_id,
+        db.artifacts.c.alternative_name == alternative)).scalar()
+
+
+def ingest_artifact_file(conn: Connection, artifact: Any, key: str, data: bytes) -> bool:
+    """metadata.yaml -> the artifact's row; references.yaml -> its reference objects."""
+    doc = load_yaml(data)
+    if key == "metadata.yaml":
+        if not isinstance(doc, dict) or doc.get("kind", "Artifact") != "Artifact":
+            return False
+        name, created = doc.get("name"), doc.get("createdTimestamp")
+        labels, remote = doc.get("labels", []), doc.get("remote")
+        if not isinstance(name, str) or not isinstance(created, str) \
+                or not TIMESTAMP_RE.fullmatch(created) or not _str_list(labels) \
+                or not isinstance(remote, list) or not isinstance(doc.get("description", ""), str):
+            return False
+        conn.execute(update(db.artifacts).where(db.artifacts.c.id == artifact.id).values(
+            artifact_name=name[:128], labels=dumps(labels),
+            description=doc.get("description", ""), created_timestamp=created,
+            remote=dumps(json_safe(remote))))
+        return True
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        return False
+    from runstore.server.paths import BadPath, check_object_path
+
+    o = db.artifact_objects.c
+    files = {r.path for r in conn.execute(select(o.path).where(
+        o.artifact_id == artifact.id, o.kind == "file"))}
+    conn.execute(delete(db.artifact_objects).where(o.artifact_id == artifact.id,
+                                                   o.kind == "reference"))
+    for path, uri in doc.items():
+        try:
+            check_object_path(str(path))
+        except BadPath:
+            continue
+        if str(path) not in files:
+            conn.execute(db.artifact_objects.insert().values(
+                artifact_id=artifact.id, path=str(path), kind="reference", uri=uri))
+    return True
+
+
+def record_artifact_file(conn: Connection, artifact: Any, key: str, sha: str,
+                         size: int) -> None:
+    o = db.artifact_objects.c
+    conn.execute(delete(db.artifact_objects).where(o.artifact_id == artifact.id, o.path == key))
+    conn.execute(db.artifact_objects.insert().values(
+        artifact_id=artifact.id, path=key, kind="file", sha256=sha, size_bytes=size))
+
+
+def record_run_file(conn: Connection, run: Any, key: str, sha: str, size: int) -> None:
+    f = db.t9k_run_files.c
+    conn.execute(delete(db.t9k_run_files).where(f.run_id == run.id, f.path == key))
+    conn.execute(db.t9k_run_files.insert().values(run_id=run.id, path=key, sha256=sha,
+                                                  size_bytes=size, records=0))
+
+
+def lineage_json(entry: str) -> dict[str, Any]:
+    return json.loads(entry)
