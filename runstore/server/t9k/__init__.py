@@ -27,8 +27,11 @@ def under_prefix(path: str) -> bool:
 
 
 def authenticate(database: Database, scope: dict) -> PlainTextResponse | None:
-    """Put the api key's user in scope["state"]; else the answer t9k's client understands:
-    400 ``api key ... not found`` (its RuntimeError 'API Key not found')."""
+    """Put the api key's user in scope["state"]; else 401 with a one-line reason.
+
+    Not AIStore's 400 ``api key ... not found``: t9k 0.6's login() swallows the RuntimeError
+    it makes of that and then fails with an AttributeError ('user_name'); a 401 reaches the
+    user as an HTTPError that carries this text."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     keys = query.get("apikey") or [""]
     if not keys[0]:
@@ -38,7 +41,9 @@ def authenticate(database: Database, scope: dict) -> PlainTextResponse | None:
     try:
         user = auth.authenticate_t9k(database, keys[0])
     except auth.AuthError:
-        return PlainTextResponse("api key not found\n", status_code=400)
+        return PlainTextResponse(
+            "api key not found or revoked. Try: runstore user token NAME --t9k",
+            status_code=401)
     scope.setdefault("state", {})["user"] = user
     return None
 
