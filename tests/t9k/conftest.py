@@ -1,7 +1,9 @@
-"""One real server and one t9k venv per module; users alice and bob with t9k API keys."""
+"""One real server for all t9k tests (users alice and bob, with t9k API keys and runstore
+tokens); the t9k client's venv is built only when a test runs the client."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +16,16 @@ from tests.t9k.harness import t9k_python
 @dataclass
 class T9kServer:
     proc: ServerProcess
-    python: Path
     keys: dict[str, str]     # user -> t9k API key
     tokens: dict[str, str]   # user -> runstore token
 
     @property
     def url(self) -> str:
         return self.proc.url
+
+    @property
+    def python(self) -> Path:
+        return t9k_python()
 
     def new_key(self, user: str) -> str:
         done = self.proc.cli("user", "token", user, "--t9k")
@@ -29,15 +34,10 @@ class T9kServer:
 
 
 @pytest.fixture(scope="session")
-def t9k_py() -> Path:
-    return t9k_python()
-
-
-@pytest.fixture(scope="module")
-def t9k_server(tmp_path_factory, t9k_py) -> T9kServer:
+def t9k_server(tmp_path_factory) -> Iterator[T9kServer]:
     data = tmp_path_factory.mktemp("t9k-server")
     with ServerProcess(data / "server-data") as proc:
         tokens = {u: proc.add_user(u) for u in ("alice", "bob")}
-        server = T9kServer(proc, t9k_py, {}, tokens)
+        server = T9kServer(proc, {}, tokens)
         server.keys = {u: server.new_key(u) for u in tokens}
         yield server

@@ -12,6 +12,7 @@ only other t9k modules import (see tests/vendor/README.md).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -27,6 +28,7 @@ DEPS = ["requests", "simplejson", "rich", "PyYAML", "watchdog", "click", "tabula
 AISTORE_PREFIX = "/t9k/aistore/server"
 
 
+@functools.cache
 def t9k_python() -> Path:
     """The python of a venv with the t9k client; built on first use."""
     tag = hashlib.sha256(SDIST.read_bytes() + repr((DEPS, sys.version)).encode()).hexdigest()
