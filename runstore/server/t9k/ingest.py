@@ -13,30 +13,21 @@ YAML is read as YAML 1.1 by PyYAML's safe loader (``.nan``, ``.inf``, ``-.inf``)
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 from typing import Any
 
-import yaml
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from runstore import protocol as p
+from runstore import t9kfiles
 from runstore.server import db
 from runstore.server.service import dumps
+from runstore.t9kfiles import json_safe, load_yaml, metric_records
 
 PARSED_RUN_FILES = frozenset({"metadata.yaml", "hyperparameters.yaml", "platform.yaml",
                               "git.yaml", "index.yaml"})
 PARSED_ARTIFACT_FILES = frozenset({"metadata.yaml", "references.yaml"})
-STATUSES = ("Running", "Complete", "Error")
-# A complete t9k timestamp (a cut-short one lacks its offset).
-TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)")
-
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML without libyaml
-    _Loader = yaml.SafeLoader
 
 
 def is_parsed_run_file(key: str) -> bool:
@@ -44,85 +35,15 @@ def is_parsed_run_file(key: str) -> bool:
                                        and "/" not in key[8:])
 
 
-def load_yaml(data: bytes) -> Any:
-    """The YAML document, or None if it does not parse (cut short, not YAML)."""
-    try:
-        return yaml.load(data.decode("utf-8"), Loader=_Loader)
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+def _run_values(doc: Any) -> dict[str, Any] | None:
+    meta = t9kfiles.run_metadata(doc)
+    if meta is None:
         return None
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-storable: non-finite floats (which t9k's YAML may hold) become their names."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return p.encode_value(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)  # dates and other YAML scalars
-
-
-def _str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(x, str) for x in value)
-
-
-def run_metadata(doc: Any) -> dict[str, Any] | None:
-    """The column values of a valid run metadata.yaml, else None."""
-    if not isinstance(doc, dict) or doc.get("kind", "Run") != "Run":
-        return None
-    name, status, start = doc.get("name"), doc.get("status"), doc.get("startTimestamp")
-    end, labels = doc.get("endTimestamp"), doc.get("labels", [])
-    if not isinstance(name, str) or status not in STATUSES or not isinstance(start, str) \
-            or not TIMESTAMP_RE.fullmatch(start) or not _str_list(labels) \
-            or not isinstance(doc.get("description", ""), str) or "remote" not in doc \
-            or not isinstance(doc.get("remote"), list):
-        return None
-    if status != "Running" and not (isinstance(end, str) and TIMESTAMP_RE.fullmatch(end)):
-        return None
-    assoc = doc.get("associations") or {}
-    if not isinstance(assoc, dict):
-        return None
-    values = {"run_name": name[:128], "labels": dumps(labels),
-              "description": doc.get("description", ""), "status": status,
-              "start_timestamp": start, "end_timestamp": end if status != "Running" else None,
-              "remote": dumps(json_safe(doc["remote"])), "complete": status != "Running"}
-    values["associations"] = {d: [e for e in (assoc.get(d) or []) if isinstance(e, dict)
-                                  and isinstance(e.get("kind"), str)]
-                              for d in ("input", "output")}
-    return values
-
-
-def metric_records(doc: Any, type_: str) -> list[list[tuple]]:
-    """The longest valid prefix of a metrics file's records, each as metric rows."""
-    if not isinstance(doc, list):
-        return []
-    out: list[list[tuple]] = []
-    for record in doc:
-        rows = _record_rows(record, type_)
-        if rows is None:
-            break
-        out.append(rows)
-    return out
-
-
-def _record_rows(record: Any, type_: str) -> list[tuple] | None:
-    if not isinstance(record, dict):
-        return None
-    values, seq = record.get("value"), record.get("sequence")
-    if not isinstance(values, dict) or not isinstance(seq, dict):
-        return None
-    ts = seq.get("timestamp")
-    if not isinstance(ts, str) or not TIMESTAMP_RE.fullmatch(ts):
-        return None
-    wire = [[type_, str(k), seq.get("step"), seq.get("epoch"),
-             p.encode_value(v) if isinstance(v, float) else v, ts] for k, v in values.items()]
-    try:
-        return p.decode_metric_rows(wire)
-    except ValueError:
-        return None
+    return {"run_name": meta["name"][:128], "labels": dumps(meta["labels"]),
+            "description": meta["description"], "status": meta["status"],
+            "start_timestamp": meta["start"], "end_timestamp": meta["end"],
+            "remote": dumps(meta["remote"]), "complete": meta["status"] != "Running",
+            "associations": meta["associations"]}
 
 
 def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
@@ -132,7 +53,7 @@ def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
     if key == "index.yaml":
         return isinstance(doc, dict)  # derived from the rest; rendered on download
     if key == "metadata.yaml":
-        values = run_metadata(doc)
+        values = _run_values(doc)
         if values is None:
             return False
         associations = values.pop("associations")
@@ -212,20 +133,16 @@ def ingest_artifact_file(conn: Connection, artifact: Any, key: str, data: bytes)
     """metadata.yaml -> the artifact's row; references.yaml -> its reference objects."""
     doc = load_yaml(data)
     if key == "metadata.yaml":
-        if not isinstance(doc, dict) or doc.get("kind", "Artifact") != "Artifact":
-            return False
-        name, created = doc.get("name"), doc.get("createdTimestamp")
-        labels, remote = doc.get("labels", []), doc.get("remote")
-        if not isinstance(name, str) or not isinstance(created, str) \
-                or not TIMESTAMP_RE.fullmatch(created) or not _str_list(labels) \
-                or not isinstance(remote, list) or not isinstance(doc.get("description", ""), str):
+        meta = t9kfiles.artifact_metadata(doc)
+        if meta is None:
             return False
         conn.execute(update(db.artifacts).where(db.artifacts.c.id == artifact.id).values(
-            artifact_name=name[:128], labels=dumps(labels),
-            description=doc.get("description", ""), created_timestamp=created,
-            remote=dumps(json_safe(remote))))
+            artifact_name=meta["name"][:128], labels=dumps(meta["labels"]),
+            description=meta["description"], created_timestamp=meta["created"],
+            remote=dumps(meta["remote"])))
         return True
-    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+    refs = t9kfiles.references(doc)
+    if refs is None:
         return False
     from runstore.server.paths import BadPath, check_object_path
 
@@ -234,7 +151,7 @@ def ingest_artifact_file(conn: Connection, artifact: Any, key: str, data: bytes)
         o.artifact_id == artifact.id, o.kind == "file"))}
     conn.execute(delete(db.artifact_objects).where(o.artifact_id == artifact.id,
                                                    o.kind == "reference"))
-    for path, uri in doc.items():
+    for path, uri in refs.items():
         try:
             check_object_path(str(path))
         except BadPath:

@@ -1,0 +1,44 @@
+"""`runstore import PATH`: bring runs from elsewhere into the local store.
+
+PATH decides what it is: a bundle (a directory holding manifest.json, made by `runstore
+export`) or t9k `.em` directories (runstore.emimport). Parsing and printing only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from runstore.cli.base import main
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+def import_(path: Path, as_json: bool) -> None:
+    """Import a bundle, or t9k .em directories (a whole .em/, or run/artifact directories)."""
+    if (path / "manifest.json").is_file():
+        raise click.ClickException(
+            f"{path} is a runstore bundle; importing bundles is not in this build yet. "
+            "Try: a runstore version with `runstore export`")
+    _import_em(path, as_json)
+
+
+def _import_em(path: Path, as_json: bool) -> None:
+    from runstore.emimport import ImportError_, import_path
+
+    try:
+        report = import_path(path)
+    except ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(
+        f"imported {len(report.imported_runs)} run(s) and {len(report.imported_artifacts)} "
+        f"artifact(s); already in the store: {len(report.already_runs)} run(s), "
+        f"{len(report.already_artifacts)} artifact(s); {len(report.problems)} problem(s)")
