@@ -263,10 +263,9 @@ def _metric_rows(directory: Path, alt: str, report: ImportReport) -> list[tuple]
         return []
     keyed: list[tuple[float, int, int, list[tuple]]] = []
     for t, path in enumerate(sorted(metrics_dir.glob("*.yaml"))):
-        doc = _yaml(path)
+        doc, whole = t9kfiles.load_metrics(path.read_bytes())
         records = t9kfiles.metric_records(doc, path.stem)
-        total = len(doc) if isinstance(doc, list) else None
-        if total is None or len(records) < total:
+        if not whole or not isinstance(doc, list) or len(records) < len(doc):
             report.problems.append(
                 f"run {alt}: metrics/{path.name} is cut short or invalid after record "
                 f"{len(records)}: imported {len(records)} records")

@@ -103,6 +103,25 @@ def references(doc: Any) -> dict[str, str] | None:
     return dict(doc)
 
 
+_RECORD_START = re.compile(r"^- ", re.MULTILINE)
+
+
+def load_metrics(data: bytes) -> tuple[Any, bool]:
+    """(document, whole) of a metrics file. A file cut short mid-record does not parse as
+    YAML; then the document is its longest prefix of whole top-level list items (t9k dumps
+    each record as a ``- `` item at column 0) and whole is False."""
+    doc = load_yaml(data)
+    if doc is not None or not data.strip():
+        return doc, True
+    text = data.decode("utf-8", "replace")
+    starts = [m.start() for m in _RECORD_START.finditer(text)]
+    for cut in reversed(starts[1:]):
+        doc = load_yaml(text[:cut].encode())
+        if isinstance(doc, list):
+            return doc, False
+    return None, False
+
+
 def metric_records(doc: Any, type_: str) -> list[list[tuple]]:
     """The longest valid prefix of a metrics file's records, each as metric rows
     (type, key, step, epoch, value|None for NaN, timestamp)."""

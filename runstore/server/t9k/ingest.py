@@ -49,6 +49,8 @@ def _run_values(doc: Any) -> dict[str, Any] | None:
 def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
     """Apply one uploaded run file to the run's rows; False if it was not valid (kept as
     it was). The caller holds the run's row lock."""
+    if key.startswith("metrics/"):
+        return _ingest_metrics(conn, run, key, t9kfiles.load_metrics(data)[0])
     doc = load_yaml(data)
     if key == "index.yaml":
         return isinstance(doc, dict)  # derived from the rest; rendered on download
@@ -69,7 +71,7 @@ def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
         conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
             {column: dumps(json_safe(doc)), "updated_at": time.time()}))
         return True
-    return _ingest_metrics(conn, run, key, doc)
+    return False
 
 
 def _ingest_metrics(conn: Connection, run: Any, key: str, doc: Any) -> bool:
