@@ -58,6 +58,10 @@ class ImportReport:
     def as_dict(self) -> dict[str, list[str]]:
         return dict(self.__dict__)
 
+    def merge(self, other: ImportReport) -> None:
+        for key, values in other.__dict__.items():
+            getattr(self, key).extend(values)
+
 
 def _kind(directory: Path) -> str | None:
     meta = directory / "metadata.yaml"

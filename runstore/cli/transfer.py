@@ -15,22 +15,26 @@ from runstore.cli.base import main
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
-def import_(path: Path, as_json: bool) -> None:
-    """Import a bundle, or t9k .em directories (a whole .em/, or run/artifact directories)."""
-    if (path / "manifest.json").is_file():
-        raise click.ClickException(
-            f"{path} is a runstore bundle; importing bundles is not in this build yet. "
-            "Try: a runstore version with `runstore export`")
-    _import_em(path, as_json)
+def import_(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Import bundles, or t9k .em directories (a whole .em/, or run/artifact directories)."""
+    for path in paths:
+        if (path / "manifest.json").is_file():
+            raise click.ClickException(
+                f"{path} is a runstore bundle; importing bundles is not in this build yet. "
+                "Try: a runstore version with `runstore export`")
+    _import_em(paths, as_json)
 
 
-def _import_em(path: Path, as_json: bool) -> None:
-    from runstore.emimport import ImportError_, import_path
+def _import_em(paths: tuple[Path, ...], as_json: bool) -> None:
+    from runstore.emimport import ImportError_, ImportReport, import_path
 
+    report = ImportReport()
     try:
-        report = import_path(path)
+        for path in paths:
+            report.merge(import_path(path))
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
