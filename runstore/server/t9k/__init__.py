@@ -50,6 +50,7 @@ def authenticate(database: Database, scope: dict) -> PlainTextResponse | None:
 
 def register(app, database: Database, blobs, data_dir) -> None:
     """Add the compatibility routes to the app."""
+    from runstore.server.t9k import graphs, objects  # noqa: F401  (add their routes)
     from runstore.server.t9k.routes import router
 
     app.state.t9k_multipart = data_dir / "t9k-multipart"

@@ -84,11 +84,11 @@ def locate(conn: Connection, user: User, node: str) -> tuple[str, Any, str]:
         if parent is not None:
             found = node_named(conn, parent.id, parts[-1])
             if found is not None:
-                return found[0], _full_row(conn, found[0], found[1].id), node
+                return found[0], full_row(conn, found[0], found[1].id), node
     raise not_found(node)
 
 
-def _full_row(conn: Connection, kind: str, row_id: int):
+def full_row(conn: Connection, kind: str, row_id: int):
     table = db.runs if kind == "Run" else db.artifacts
     return conn.execute(select(table, db.folders.c.path.label("folder_path"))
                         .join(db.folders, db.folders.c.id == table.c.folder_id)
@@ -101,7 +101,7 @@ def by_id(conn: Connection, user: User, node_id: str) -> tuple[str, Any, str]:
         row = conn.execute(select(table.c.id).where(table.c.owner_id == user.id,
                                                     table.c.uuid == node_id)).first()
         if row is not None:
-            full = _full_row(conn, kind, row.id)
+            full = full_row(conn, kind, row.id)
             return kind, full, f"{full.folder_path}/{full.name}"
     for folder in conn.execute(select(db.folders).where(db.folders.c.owner_id == user.id)):
         if folder_id(folder.path) == node_id:
@@ -137,7 +137,7 @@ def children(conn: Connection, user: User, parent: str, kind: str | None) -> lis
         if kind in (None, k):
             for row in conn.execute(select(table.c.id).where(table.c.folder_id == folder.id)
                                     .order_by(table.c.name)):
-                full = _full_row(conn, k, row.id)
+                full = full_row(conn, k, row.id)
                 out.append(describe(k, full, f"{parent}/{full.name}"))
     return out
 
@@ -246,5 +246,5 @@ def split_object(conn: Connection, user: User, path: Any) -> tuple[str, Any, str
     if found is None:
         raise not_found("/" + "/".join(parts[:depth + 1]))
     node_path = "/" + "/".join(parts[:depth + 1])
-    return found[0], _full_row(conn, found[0], found[1].id), node_path, \
+    return found[0], full_row(conn, found[0], found[1].id), node_path, \
         "/".join(parts[depth + 1:])
