@@ -89,9 +89,11 @@ def test_login_bad_key_revoked_key_and_no_redirect(t9k_server, tmp_path):
         bearer = http.get(f"{base}/oauth2/userinfo",
                           headers={"Authorization": f"Bearer {t9k_server.tokens['alice']}"})
         as_runstore = http.get(f"{t9k_server.url}/api/v1/whoami", params={"apikey": key})
+        slash = http.get(f"{base}/apis/v1/nodes/", params={"apikey": key, "parent": "/alice"})
     assert no_key.status_code == 401 and "runstore user token" in no_key.text
     assert bearer.status_code == 401  # the compat API takes only its apikey
     assert as_runstore.status_code == 401  # and the apikey opens nothing else
+    assert slash.status_code == 404  # never a redirect (t9k reads one as "no API key")
 
 
 UPLOAD_RUN = LOGIN + """

@@ -32,6 +32,8 @@ def authenticate(database: Database, scope: dict) -> PlainTextResponse | None:
     Not AIStore's 400 ``api key ... not found``: t9k 0.6's login() swallows the RuntimeError
     it makes of that and then fails with an AttributeError ('user_name'); a 401 reaches the
     user as an HTTPError that carries this text."""
+    if scope["path"].endswith("/"):  # FastAPI would redirect to the path without it
+        return PlainTextResponse(f"no such path: {scope['path']}", status_code=404)
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     keys = query.get("apikey") or [""]
     if not keys[0]:

@@ -12,7 +12,6 @@ YAML is read as YAML 1.1 by PyYAML's safe loader (``.nan``, ``.inf``, ``-.inf``)
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from runstore import protocol as p
 from runstore import t9kfiles
 from runstore.server import db
 from runstore.server.service import dumps
+from runstore.server.t9k import render
 from runstore.t9kfiles import json_safe, load_yaml, metric_records
 
 PARSED_RUN_FILES = frozenset({"metadata.yaml", "hyperparameters.yaml", "platform.yaml",
@@ -84,11 +84,9 @@ def _ingest_metrics(conn: Connection, run: Any, key: str, doc: Any) -> bool:
     if held_row is not None:
         held = held_row.records
     else:  # first upload of this file: records logged before (a run from runstore) count
-        from runstore.server.t9k.render import count_records
-
-        held = count_records(conn, run.id, type_)
-    if len(records) <= held:
-        return bool(records) or isinstance(doc, list)
+        held = render.count_records(conn, run.id, type_)
+    if len(records) <= held:  # nothing new (or an older, shorter copy of the file)
+        return isinstance(doc, list)
     rows = [row for record in records[held:] for row in record]
     count = conn.execute(select(db.runs.c.metric_count).where(db.runs.c.id == run.id)).scalar_one()
     if rows:
@@ -178,6 +176,3 @@ def record_run_file(conn: Connection, run: Any, key: str, sha: str, size: int) -
     conn.execute(db.t9k_run_files.insert().values(run_id=run.id, path=key, sha256=sha,
                                                   size_bytes=size, records=0))
 
-
-def lineage_json(entry: str) -> dict[str, Any]:
-    return json.loads(entry)
