@@ -12,6 +12,8 @@ YAML is read as YAML 1.1 by PyYAML's safe loader (``.nan``, ``.inf``, ``-.inf``)
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from typing import Any
 
@@ -50,7 +52,7 @@ def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
     """Apply one uploaded run file to the run's rows; False if it was not valid (kept as
     it was). The caller holds the run's row lock."""
     if key.startswith("metrics/"):
-        return _ingest_metrics(conn, run, key, t9kfiles.load_metrics(data)[0])
+        return _ingest_metrics(conn, run, key, data)
     doc = load_yaml(data)
     if key == "index.yaml":
         return isinstance(doc, dict)  # derived from the rest; rendered on download
@@ -74,32 +76,61 @@ def ingest_run_file(conn: Connection, run: Any, key: str, data: bytes) -> bool:
     return False
 
 
-def _ingest_metrics(conn: Connection, run: Any, key: str, doc: Any) -> bool:
+def _ingest_metrics(conn: Connection, run: Any, key: str, data: bytes) -> bool:
+    """New records of a metrics file -> rows. t9k appends to the file and auto_upload sends
+    all of it after each log() call, so the parsed prefix is remembered (its length and
+    sha256): when an upload starts with it, only the rest is parsed (a file that changed in
+    its first part is parsed whole again)."""
     type_ = key[len("metrics/"):-len(".yaml")]
     if not 0 < len(type_) <= p.MAX_METRIC_TEXT:
         return False
-    records = metric_records(doc, type_)
     f = db.t9k_run_files.c
-    held_row = conn.execute(select(f.records).where(f.run_id == run.id, f.path == key)).first()
-    if held_row is not None:
-        held = held_row.records
-    else:  # first upload of this file: records logged before (a run from runstore) count
-        held = render.count_records(conn, run.id, type_)
-    if len(records) <= held:  # nothing new (or an older, shorter copy of the file)
-        return isinstance(doc, list)
-    rows = [row for record in records[held:] for row in record]
+    state = conn.execute(select(f.records, f.parsed_bytes, f.prefix_sha256).where(
+        f.run_id == run.id, f.path == key)).first()
+    fresh: list[list[tuple]] | None = None
+    if state is not None and state.prefix_sha256 and len(data) >= state.parsed_bytes \
+            and hashlib.sha256(data[:state.parsed_bytes]).hexdigest() == state.prefix_sha256:
+        tail = data[state.parsed_bytes:]
+        doc, _whole = t9kfiles.load_metrics(tail)
+        if isinstance(doc, list) or not tail.strip():
+            fresh = metric_records(doc or [], type_)
+            held, end = state.records, state.parsed_bytes + _end_of(tail, len(fresh))
+    if fresh is None:
+        doc, _whole = t9kfiles.load_metrics(data)
+        if not isinstance(doc, list):
+            return False
+        records = metric_records(doc, type_)
+        # first upload of this file: records logged before (a run from runstore) count
+        held = state.records if state is not None else render.count_records(conn, run.id,
+                                                                             type_)
+        if len(records) <= held:  # nothing new (or an older, shorter copy of the file)
+            return True
+        fresh, end = records[held:], _end_of(data, len(records))
+    if not fresh:
+        return True
+    rows = [row for record in fresh for row in record]
     count = conn.execute(select(db.runs.c.metric_count).where(db.runs.c.id == run.id)).scalar_one()
-    if rows:
-        db.insert_metric_rows(conn, run.id, count, rows)
+    db.insert_metric_rows(conn, run.id, count, rows)
     conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
         metric_count=count + len(rows), updated_at=time.time()))
-    if held_row is None:
-        conn.execute(db.t9k_run_files.insert().values(run_id=run.id, path=key,
-                                                      records=len(records)))
+    values = {"records": held + len(fresh), "parsed_bytes": end,
+              "prefix_sha256": hashlib.sha256(data[:end]).hexdigest()}
+    if state is None:
+        conn.execute(db.t9k_run_files.insert().values(run_id=run.id, path=key, **values))
     else:
         conn.execute(update(db.t9k_run_files).where(f.run_id == run.id, f.path == key)
-                     .values(records=len(records)))
+                     .values(**values))
     return True
+
+
+_ITEM = re.compile(rb"^- ", re.MULTILINE)
+
+
+def _end_of(data: bytes, n: int) -> int:
+    """The byte offset where the n-th top-level list item of a metrics file ends (t9k dumps
+    each record as a ``- `` item at column 0)."""
+    starts = [m.start() for m in _ITEM.finditer(data)]
+    return starts[n] if n < len(starts) else len(data)
 
 
 def _set_associations(conn: Connection, run: Any, associations: dict[str, list[dict]]) -> None:
