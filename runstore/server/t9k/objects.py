@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from starlette.datastructures import UploadFile
@@ -115,6 +115,8 @@ def _record(conn, user, path: str, sha: str, size: int) -> None:
 async def _form_file(request: Request) -> UploadFile:
     try:
         form = await request.form(max_files=1, max_fields=8)
+    except HTTPException:  # the body limit (app.py's Gate): its own 413
+        raise
     except Exception as exc:  # malformed multipart bodies raise several types
         raise T9kError(400, "the body must be a multipart form with a file 'content': "
                        f"{exc}") from None
