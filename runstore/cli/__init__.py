@@ -5,7 +5,7 @@ remote.py   login, logout, upload         (talking to a server)
 server.py   serve, user                   (running a server)
 scale.py    serve --workers, server migrate  (several processes; SQLite -> PostgreSQL + S3)
 doctor.py   doctor                        (stored values the server would refuse)
-transfer.py export, import                (bundles across an air gap)
+transfer.py export, import                (bundles across an air gap; t9k .em directories)
 """
 
 from runstore.cli import (  # noqa: F401  (registers the commands)

@@ -130,14 +130,17 @@ def user_add(name: str, data_dir: Path | None, database_url: str | None) -> None
 
 @user.command("token")
 @click.argument("name")
+@click.option("--t9k", "t9k_key", is_flag=True,
+              help="A t9k API key (a UUID) for unmodified t9k clients (see docs/T9K.md).")
 @data_option
 @database_option
 @user_errors
-def user_token(name: str, data_dir: Path | None, database_url: str | None) -> None:
-    """Print a new additional API token for an existing user."""
+def user_token(name: str, t9k_key: bool, data_dir: Path | None, database_url: str | None) -> None:
+    """Print a new additional API token (or t9k API key) for an existing user."""
     from runstore.server import auth
 
-    click.echo(auth.new_token(_database(data_dir, database_url), name))
+    new = auth.new_t9k_key if t9k_key else auth.new_token
+    click.echo(new(_database(data_dir, database_url), name))
 
 
 @user.command("list")

@@ -1,15 +1,14 @@
 """`runstore export` and `runstore import`: runs across an air gap (docs/AIRGAP.md).
 
 Parsing and rendering only; the work is in runstore.bundle. `import` dispatches on what each
-PATH is: a bundle (or a directory of bundles) goes to runstore.bundle; anything else to the
-t9k `.em` importer (runstore.emimport, issue 12).
+PATH is: a bundle (or a directory of bundles) goes to runstore.bundle; anything else is a t9k
+`.em` directory (a whole .em/, a run or an artifact directory) for runstore.emimport.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -59,33 +58,61 @@ def export_cmd(directory: Path, runs: tuple[str, ...], mode: str, as_json: bool)
                f"{result.blobs} blob(s), {result.bytes} bytes")
 
 
-def _import_other(path: str) -> Any:
-    """A t9k `.em` directory or run directory: runstore.emimport's business (issue 12)."""
-    raise click.ClickException(
-        f"{path!r} is not a runstore bundle (no manifest.json or COMMIT in it, nor in a "
-        "directory inside it). Try: give a directory written by `runstore export`.")
-
-
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--into-store", is_flag=True,
-              help="Merge into the local store; upload nothing (no server needed).")
+              help="Bundles: merge into the local store; upload nothing (no server needed). "
+                   "t9k .em directories always go into the local store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def import_cmd(paths: tuple[str, ...], into_store: bool, as_json: bool) -> None:
     """Import bundles (upload their runs), or t9k `.em` directories."""
     from runstore.bundle import find_bundles
 
-    bundles = []
+    bundles: list[Path] = []
+    em_dirs: list[Path] = []
     for path in paths:
-        if not Path(path).expanduser().exists():
+        where = Path(path).expanduser()
+        if not where.exists():
             raise click.ClickException(f"{path!r} does not exist. Try: the path of a bundle "
-                                       "directory (or of the directory holding bundles).")
-        found = find_bundles(Path(path).expanduser())
+                                       "directory (or of the directory holding bundles), or of "
+                                       "a t9k .em directory.")
+        found = find_bundles(where)
         if found:
             bundles.extend(found)
+        elif where.is_dir():
+            em_dirs.append(where)
         else:
-            _import_other(path)
-    _import_bundles(bundles, into_store, as_json)
+            raise click.ClickException(
+                f"{path!r} is neither a runstore bundle nor a t9k .em directory. Try: a "
+                "directory written by `runstore export`, or a .em, run or artifact directory.")
+    if bundles and em_dirs:
+        raise click.UsageError(
+            f"{str(em_dirs[0])!r} is a t9k .em directory and {str(bundles[0])!r} a bundle: "
+            "give one kind per call. Try: two `runstore import` calls.")
+    if em_dirs:
+        _import_em(tuple(em_dirs), as_json)
+    else:
+        _import_bundles(bundles, into_store, as_json)
+
+
+def _import_em(paths: tuple[Path, ...], as_json: bool) -> None:
+    from runstore.emimport import ImportError_, ImportReport, import_path
+
+    report = ImportReport()
+    try:
+        for path in paths:
+            report.merge(import_path(path))
+    except ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(
+        f"imported {len(report.imported_runs)} run(s) and {len(report.imported_artifacts)} "
+        f"artifact(s); already in the store: {len(report.already_runs)} run(s), "
+        f"{len(report.already_artifacts)} artifact(s); {len(report.problems)} problem(s)")
 
 
 def _import_bundles(bundles: list[Path], into_store: bool, as_json: bool) -> None:

@@ -173,6 +173,21 @@ lineage = Table(
     Column("entry", Text, nullable=False),
 )
 
+# t9k compatibility (runstore/server/t9k): the files of runs uploaded by t9k clients that are
+# kept as bytes (stdout.log and any file the server does not parse), and for each
+# metrics/<type>.yaml how many of its records are already rows in ``metrics``, and the length
+# and sha256 of the part of the file they came from (the next upload parses only the rest).
+t9k_run_files = Table(
+    "t9k_run_files", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", _name(1024), primary_key=True),
+    Column("sha256", String(64), ForeignKey("blobs.sha256")),
+    Column("size_bytes", Int64),
+    Column("records", Int64, nullable=False, default=0),
+    Column("parsed_bytes", Int64, nullable=False, default=0),
+    Column("prefix_sha256", String(64)),
+)
+
 Index("lineage_artifact", lineage.c.artifact_id)
 Index("runs_folder", runs.c.folder_id)
 Index("artifacts_folder", artifacts.c.folder_id)

@@ -48,6 +48,7 @@ from tests.reliability.chain import (
     final_check,
     read_local,
 )
+from tests.reliability.emimport_rule import import_em_run  # issue 12
 
 STRATEGIES = ("skip", "error", "new", "replace")
 FOLDERS = ("default", "proj", "proj/deep")
@@ -258,6 +259,18 @@ class ChainMachine(RuleBasedStateMachine):
                 break
             time.sleep(0.05)
         return state() == "synced"
+
+    # -- issue 12: t9k .em directories imported (tests/reliability/emimport_rule.py) -----------
+    @precondition(lambda self: len(self.model) < 14)
+    @rule(rows=st.integers(0, 400), cut=st.booleans(), twice=st.booleans())
+    def import_t9k_run(self, rows: int, cut: bool, twice: bool) -> None:
+        """A t9k run directory imported with `runstore import` (maybe twice, maybe cut short):
+        uploaded by syncd exactly once with its rows, like a run the SDK made."""
+        name = f"em{next(self.names)}"
+        uuid, alt = import_em_run(self.dir, self.chain.home, name, rows, cut, twice)
+        self.model[uuid] = ModelRun(uuid, name, alt, "default", "new", "origin", finished=True)
+        FIGURES["em_imports"] += 1
+    # -- end of issue 12 -----------------------------------------------------------------------
 
     # -- faults ------------------------------------------------------------------------------
     @rule(action=st.sampled_from(["sigkill", "sigkill-when-answered", "sigterm", "start"]),
