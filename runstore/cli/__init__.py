@@ -2,8 +2,8 @@
 
 local.py    ls, describe, sql             (the local store)
 remote.py   login, logout, upload         (talking to a server)
-server.py   serve, user                   (running a server)
-scale.py    serve --workers, server migrate  (several processes; SQLite -> PostgreSQL + S3)
+server.py   serve (also --workers N), user
+scale.py    server migrate                (SQLite + directory -> PostgreSQL + S3)
 doctor.py   doctor                        (stored values the server would refuse)
 transfer.py export, import                (bundles across an air gap; t9k .em directories)
 """

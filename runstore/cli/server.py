@@ -4,6 +4,7 @@ runstore.server."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -59,6 +60,43 @@ def _database(data_dir: Path | None, url: str | None = None):
     return _open_database(url, data_dir)
 
 
+_ENV_DATA = "RUNSTORE_SERVE_DATA"
+_ENV_DB = "RUNSTORE_DATABASE_URL"
+_ENV_BLOBS = "RUNSTORE_BLOBS"
+
+
+def serve_workers(data_dir: Path, host: str, port: int, database_url: str | None,
+                  log_level: str, blobs: str | None, workers: int) -> None:
+    """N uvicorn worker processes on one port. They share nothing but the database and the
+    blob store, so the database must be PostgreSQL (SQLite's in-process write lock would not
+    span processes)."""
+    import uvicorn
+
+    if not database_url or database_url.startswith("sqlite"):
+        raise click.ClickException(
+            f"--workers {workers} needs a shared database, not SQLite. "
+            "Try: --database postgresql://USER@HOST/DB (or --workers 1)")
+    os.environ[_ENV_DATA] = str(data_dir)
+    os.environ[_ENV_DB] = database_url
+    if blobs:
+        os.environ[_ENV_BLOBS] = blobs
+    else:
+        os.environ.pop(_ENV_BLOBS, None)
+    app_from_env()  # fail here, once, with a clear message (bad URL, bad --blobs)
+    click.echo(f"runstore server on http://{host}:{port} ({workers} workers)", err=True)
+    uvicorn.run("runstore.cli.server:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, timeout_keep_alive=30)
+
+
+def app_from_env():
+    """The app of one worker process, configured through the environment by serve_workers."""
+    from runstore.server.app import create_app
+
+    data = Path(os.environ[_ENV_DATA])
+    database = _open_database(os.environ[_ENV_DB], data)
+    return _checked_app(create_app, data, database, os.environ.get(_ENV_BLOBS))
+
+
 @main.command()
 @data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -77,8 +115,6 @@ def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
           log_level: str, blobs: str | None, workers: int) -> None:
     """Run the runstore server (FastAPI on uvicorn)."""
     if workers > 1:
-        from runstore.cli.scale import serve_workers
-
         serve_workers(data_dir or _default_data_dir(), host, port, database_url, log_level,
                       blobs, workers)
         return
