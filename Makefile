@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean lint bench postgres-bin
+.PHONY: demo test setup clean lint bench postgres-bin chromium-bin
 
 $(BIN)/runstore: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,23 @@ postgres-bin:
 		echo "Install them: sudo apt-get install -y postgresql"; \
 	fi
 
+# tests/ui drive the web UI in Debian's chromium through Playwright (Playwright's own browser
+# download is not used: only package registries are reachable).
+chromium-bin:
+	@if [ -x /usr/bin/chromium ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (apt-get) for the web UI tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "/usr/bin/chromium not found and not root: the web UI tests will fail."; \
+		echo "Install it: sudo apt-get install -y chromium"; \
+	fi
+
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-test: setup postgres-bin
+test: setup postgres-bin chromium-bin
 	$(BIN)/ruff check runstore syncd tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -43,6 +56,7 @@ bench: setup
 	$(BIN)/python benchmarks/concurrent_writers.py
 	$(BIN)/python benchmarks/upload_throughput.py
 	$(BIN)/python benchmarks/sync_latency.py
+	$(BIN)/python benchmarks/ui_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

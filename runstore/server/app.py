@@ -7,7 +7,8 @@ them into request validation and an OpenAPI document for free, it streams reques
 Two guards wrap every route, in a plain ASGI middleware so that no route can skip them:
 * a body size limit, enforced on Content-Length up front and on the bytes as they stream in
   (413 before anything is buffered);
-* bearer-token authentication for every path except PUBLIC_PATHS.
+* bearer-token authentication for every path except PUBLIC_PATHS and the web UI's (``/`` and
+  ``/ui/...``, runstore/ui/apps.py), which log in with a session cookie instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from runstore.server.blobs import BlobStore
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
+from runstore.ui.apps import mount_server_ui
+from runstore.ui.routes import is_ui_path
 
 API = p.API_PREFIX
 # The only paths served without a token: liveness, and the API description (no data in it).
@@ -67,7 +70,7 @@ class Gate:
                 resp = _json(413, f"request body larger than {limit} bytes", "too_large",
                              {"Connection": "close"})
                 return await resp(scope, receive, send)
-        if path not in PUBLIC_PATHS:
+        if path not in PUBLIC_PATHS and not is_ui_path(path):
             auth = headers.get(b"authorization")
             try:
                 user = await run_in_threadpool(
@@ -262,6 +265,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         _checked(check_uuid, uuid)
         return read(artifacts.artifact_detail, _user(request), uuid)
 
+    mount_server_ui(app, database, blob_store)
     return app
 
 

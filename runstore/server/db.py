@@ -173,7 +173,49 @@ lineage = Table(
     Column("entry", Text, nullable=False),
 )
 
+# The web UI's reads of long series (runstore/server/rollups.py keeps both tables up to date in
+# insert_metric_rows): one summary row per (run, type, key) -- count, NaNs, step range, min, max,
+# last -- and per-level step buckets (bucket = step >> 3*level) holding the same aggregates, so a
+# chart of a million points reads about a thousand rows. Deleting a run deletes them (cascade).
+def _series_columns() -> list[Column]:
+    return [Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"),
+                   primary_key=True),
+            Column("type", _name(256), primary_key=True),
+            Column("key", _name(256), primary_key=True)]
+
+
+def _aggregate_columns() -> list[Column]:
+    return [Column("n", Int64, nullable=False), Column("nan_count", Int64, nullable=False),
+            Column("min_value", Float), Column("max_value", Float), Column("last_value", Float),
+            Column("last_step", Int64, nullable=False), Column("last_seq", Int64, nullable=False)]
+
+
+metric_series = Table(
+    "metric_series", metadata, *_series_columns(),
+    Column("min_step", Int64, nullable=False), Column("max_step", Int64, nullable=False),
+    *_aggregate_columns(),
+)
+metric_rollups = Table(
+    "metric_rollups", metadata, *_series_columns(),
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Int64, primary_key=True, autoincrement=False),
+    *_aggregate_columns(),
+)
+
+# Web UI sessions (runstore/ui/sessions.py): the sha256 of the cookie's secret, bound to the
+# API token the user logged in with, so revoking that token ends the session too.
+ui_sessions = Table(
+    "ui_sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_id", String(32), ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 Index("lineage_artifact", lineage.c.artifact_id)
+# Raw points of one series in a step range (a zoomed chart).
+Index("metrics_series_step", metrics.c.run_id, metrics.c.type, metrics.c.key, metrics.c.step)
 Index("runs_folder", runs.c.folder_id)
 Index("artifacts_folder", artifacts.c.folder_id)
 
@@ -287,3 +329,6 @@ def insert_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tu
         [{"run_id": run_id, "seq": offset + i, "type": r[0], "key": r[1], "step": r[2],
           "epoch": r[3], "value": r[4], "timestamp": r[5]} for i, r in enumerate(rows)],
     )
+    from runstore.server.rollups import add_rows  # (imports this module)
+
+    add_rows(conn, run_id, offset, rows)

@@ -1,0 +1,165 @@
+"""Chart data: a series downsampled to at most ``points`` buckets per step range.
+
+Each bucket carries min, max and the last point (the last one logged in it), so a spike
+survives as the band's edge and the line follows what the run reported. A NaN is a gap in
+raw data and, in buckets, a marker at the bucket's step (``nan``: the steps of buckets that
+held one). ``raw`` says the points are the run's own, not buckets: few enough in the range.
+
+Two sources: the server's rollup tables (``from_rollups``: reads about a thousand rows for a
+series of any length) and plain SQL bucketing over the local store (``local_series``:
+one GROUP BY over the run's rows, no extra tables, since the local UI must not write).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+MAX_POINTS = 4000        # whatever the browser asks for
+# A rollup level is fine enough when the range holds at most this many of its buckets per
+# requested point (the merge then makes exactly `points` buckets).
+_ROWS_PER_POINT = 4
+
+
+def clamp_points(points: int) -> int:
+    return max(10, min(int(points), MAX_POINTS))
+
+
+def _result(raw: bool, n: int, lo: int, hi: int, x: list, y: list, mn: list | None,
+            mx: list | None, nan: list) -> dict[str, Any]:
+    return {"raw": raw, "n": n, "lo": lo, "hi": hi, "x": x, "y": y, "min": mn, "max": mx,
+            "nan": nan}
+
+
+def _raw(rows: Iterable[tuple[int, float | None]], n: int, lo: int, hi: int) -> dict[str, Any]:
+    x: list[int] = []
+    y: list[float | None] = []
+    nan: list[int] = []
+    for step, value in rows:
+        x.append(step)
+        y.append(value)
+        if value is None:
+            nan.append(step)
+    return _result(True, n, lo, hi, x, y, None, None, nan)
+
+
+def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int, shift: int,
+                  n: int) -> dict[str, Any]:
+    """Rows (bucket, n, nan_count, min, max, last_value, last_step, last_seq) of buckets
+    ``step >> shift`` merged into at most ``points`` equal step ranges over [lo, hi]."""
+    width = hi - lo + 1
+    groups: dict[int, list] = {}
+    for bucket, cnt, nans, mn, mx, last, last_step, last_seq in rows:
+        start = max(bucket << shift, lo)
+        g = min(points - 1, (start - lo) * points // width)
+        cur = groups.get(g)
+        if cur is None:
+            groups[g] = [cnt, nans, mn, mx, last, last_step, last_seq]
+            continue
+        cur[0] += cnt
+        cur[1] += nans
+        if mn is not None and (cur[2] is None or mn < cur[2]):
+            cur[2] = mn
+        if mx is not None and (cur[3] is None or mx > cur[3]):
+            cur[3] = mx
+        if last_seq > cur[6]:
+            cur[4], cur[5], cur[6] = last, last_step, last_seq
+    return _emit(groups.values(), lo, hi, n)
+
+
+def _emit(groups: Iterable[list], lo: int, hi: int, n: int) -> dict[str, Any]:
+    """Buckets [n, nan_count, min, max, last, last_step, last_seq] as chart data."""
+    x, y, mins, maxs, nan = [], [], [], [], []
+    for _cnt, nans, mn, mx, last, last_step, _seq in sorted(groups, key=lambda g: g[5]):
+        x.append(last_step)
+        y.append(last)
+        mins.append(mn)
+        maxs.append(mx)
+        if nans:
+            nan.append(last_step)
+    return _result(False, n, lo, hi, x, y, mins, maxs, nan)
+
+
+def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | None,
+                 hi: int | None, points: int) -> dict[str, Any] | None:
+    """A series of the server's database, from metric_series/metric_rollups (None if the run
+    has no such series)."""
+    from runstore.server import db
+    from runstore.server.rollups import LEVEL_BITS, LEVELS
+
+    s = db.metric_series.c
+    summary = conn.execute(select(s.n, s.min_step, s.max_step).where(
+        s.run_id == run_id, s.type == type_, s.key == key)).first()
+    if summary is None:
+        return None
+    points = clamp_points(points)
+    lo = summary.min_step if lo is None else max(lo, summary.min_step)
+    hi = summary.max_step if hi is None else min(hi, summary.max_step)
+    if hi < lo:
+        return _result(True, summary.n, lo, hi, [], [], None, None, [])
+    m = db.metrics.c
+
+    def raw() -> dict[str, Any]:
+        rows = conn.execute(select(m.step, m.value).where(
+            m.run_id == run_id, m.type == type_, m.key == key, m.step >= lo, m.step <= hi)
+            .order_by(m.step, m.seq).limit(points + 1)).all()
+        if len(rows) <= points:
+            return _raw(rows, summary.n, lo, hi)
+        return {}
+
+    if summary.n <= points or hi - lo < points:
+        got = raw()
+        if got:
+            return got
+    level = 1
+    while level < LEVELS and (hi >> (LEVEL_BITS * level)) - (lo >> (LEVEL_BITS * level)) \
+            >= _ROWS_PER_POINT * points:
+        level += 1
+    shift = LEVEL_BITS * level
+    r = db.metric_rollups.c
+    rows = conn.execute(select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value,
+                               r.last_value, r.last_step, r.last_seq).where(
+        r.run_id == run_id, r.type == type_, r.key == key, r.level == level,
+        r.bucket >= lo >> shift, r.bucket <= hi >> shift).order_by(r.bucket)).all()
+    if sum(row.n for row in rows) <= points:  # sparse: the points themselves
+        got = raw()
+        if got:
+            return got
+    return merge_buckets(rows, lo, hi, points, shift, summary.n)
+
+
+def local_series(conn: sqlite3.Connection, run_id: int, type_: str, key: str,
+                 lo: int | None, hi: int | None, points: int) -> dict[str, Any] | None:
+    """A series of the local store by SQL bucketing (None if the run has no such series)."""
+    points = clamp_points(points)
+    n, min_step, max_step = conn.execute(
+        "SELECT COUNT(*), MIN(step), MAX(step) FROM metrics "
+        "WHERE run_id = ? AND type = ? AND key = ?", (run_id, type_, key)).fetchone()
+    if not n:
+        return None
+    lo = min_step if lo is None else max(lo, min_step)
+    hi = max_step if hi is None else min(hi, max_step)
+    if hi < lo:
+        return _result(True, n, lo, hi, [], [], None, None, [])
+    where = "run_id = ? AND type = ? AND key = ? AND step BETWEEN ? AND ?"
+    args = (run_id, type_, key, lo, hi)
+    rows = conn.execute(f"SELECT step, value FROM metrics WHERE {where} ORDER BY step, seq "
+                        f"LIMIT {points + 1}", args).fetchall()
+    if len(rows) <= points:
+        return _raw(rows, n, lo, hi)
+    width = hi - lo + 1
+    group = f"(step - {int(lo)}) * {int(points)} / {int(width)}"
+    groups = {g: [c, nn, mn, mx, None, 0, -1] for g, c, nn, mn, mx in conn.execute(
+        f"SELECT {group} AS g, COUNT(*), SUM(value IS NULL), MIN(value), MAX(value) "
+        f"FROM metrics WHERE {where} GROUP BY g", args)}
+    # One MAX() alone in the query, so SQLite takes the bare columns (value, step) from the
+    # row with the highest seq in each bucket: the last point logged there.
+    for g, value, step, seq in conn.execute(
+            f"SELECT {group} AS g, value, step, MAX(seq) FROM metrics WHERE {where} GROUP BY g",
+            args):
+        groups[g][4:] = [value, step, seq]
+    return _emit(groups.values(), lo, hi, n)
