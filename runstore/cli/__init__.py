@@ -6,8 +6,7 @@ server.py  serve, user                   (running a server)
 ui.py      ui                            (the web UI over the local store)
 """
 
-from runstore.cli import local, remote, server  # noqa: F401  (registers the commands)
-from runstore.cli import ui  # noqa: F401
+from runstore.cli import local, remote, server, ui  # noqa: F401  (registers the commands)
 from runstore.cli.base import main
 
 __all__ = ["main"]

@@ -60,8 +60,7 @@ def mount_server_ui(app: FastAPI, database, blob_store) -> None:
         request.state.ui_user = user
         return ServerData(database, user, blob_store.path)
 
-    router = routes.build_router(get_data, login=True)
-    page = router.page  # type: ignore[attr-defined]
+    router, page = routes.build_router(get_data, login=True)
 
     @router.get(routes.PREFIX + "/login", include_in_schema=False)
     def login_form(request: Request, next: str | None = None) -> Response:
@@ -112,7 +111,7 @@ def create_local_app(home: Path) -> FastAPI:
         request.state.csrf = ""
         return data
 
-    routes.install(app, routes.build_router(get_data, login=False))
+    routes.install(app, routes.build_router(get_data, login=False)[0])
     return app
 
 

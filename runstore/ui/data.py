@@ -8,7 +8,8 @@ folders). The routes only ever talk to this interface, so both UIs render the sa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,14 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def common_keys(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Keys of many flattened hparam dicts, the most common first (then by name)."""
+    counts: Counter[str] = Counter()
+    for doc in docs:
+        counts.update(doc.keys())
+    return sorted(counts, key=lambda k: (-counts[k], k))
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,15 @@ def type_label(type_: str) -> str:
     return _TYPES.get(type_.lower(), type_)
 
 
+def metric(v: Any) -> str:
+    """A metric value (NULL is how a NaN is stored)."""
+    return "NaN" if v is None else value(v)
+
+
 def value(v: Any) -> str:
-    """A metric or hparam value, short: 4 significant digits for floats."""
+    """An hparam or metadata value, short: 4 significant digits for floats."""
     if v is None:
-        return "NaN"
+        return "null"
     if v is MISSING:
         return "—"
     if isinstance(v, bool):

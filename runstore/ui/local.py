@@ -32,6 +32,7 @@ from runstore.ui.data import (
     RunsPage,
     RunsQuery,
     SeriesSummary,
+    common_keys,
     flatten,
     lower_is_better,
 )
@@ -55,7 +56,7 @@ def _json_path(key: str) -> str:
 class LocalData:
     """The pages' data from the store in ``home`` (RUNSTORE_HOME)."""
 
-    read_only_note = "local store, read-only"
+    read_only_note: str | None = "local store, read-only"
 
     def __init__(self, home: Path) -> None:
         self.home = Path(home)
@@ -142,16 +143,16 @@ class LocalData:
             sample = conn.execute("SELECT id, hparams, labels FROM runs WHERE folder = ? "
                                   "ORDER BY id DESC LIMIT ?", (q.folder, _SAMPLE_RUNS)).fetchall()
             ids = ",".join(str(r[0]) for r in sample) or "NULL"
-            refs = conn.execute(f"SELECT DISTINCT type, key FROM metrics WHERE run_id IN ({ids}) "
-                                "ORDER BY type, key").fetchall()
-        keys: dict[str, None] = {}
-        for _id, doc, _labels in sample:
-            keys.update(dict.fromkeys(flatten(json.loads(doc))))
+            refs = conn.execute(
+                "SELECT type, key FROM (SELECT DISTINCT run_id, type, key FROM metrics "
+                f"WHERE run_id IN ({ids})) GROUP BY type, key ORDER BY COUNT(*) DESC, type, key"
+            ).fetchall()
+        keys = common_keys(flatten(json.loads(doc)) for _id, doc, _labels in sample)
         labels = sorted({x for *_rest, doc in sample for x in json.loads(doc)})
         out = [RunRow(uuid, name, f"{q.folder}/{alt}", status, start, end, json.loads(lab),
                       flatten(json.loads(hp)), summaries[rid])
                for rid, uuid, name, alt, status, start, end, lab, hp in rows]
-        return RunsPage(out, total, sorted(keys), [MetricRef(t, k) for t, k in refs], labels)
+        return RunsPage(out, total, keys, [MetricRef(t, k) for t, k in refs], labels)
 
     @staticmethod
     def _summaries(conn: sqlite3.Connection, run_ids: list[int], ref: MetricRef):
@@ -213,7 +214,7 @@ class LocalData:
         sync = None
         if sync_row is not None:
             sync = dict(zip(("state", "attempts", "last_error", "remote_path", "synced_at"),
-                            sync_row))
+                            sync_row, strict=True))
         stdout = Path(run["local_dir"]) / "stdout.log"
         return RunDetail(
             uuid=run["uuid"], name=run["name"], alternative_name=run["alternative_name"],

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Form, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -40,7 +40,7 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.autoescape = True
-    env.filters.update(value=fmt.value, duration=fmt.duration, when=fmt.when,
+    env.filters.update(value=fmt.value, metric=fmt.metric, duration=fmt.duration, when=fmt.when,
                        size=fmt.size, jsonish=fmt.jsonish)
     env.globals.update(type_label=fmt.type_label, STATUSES=STATUSES, PAGE_SIZES=PAGE_SIZES)
     return templates
@@ -59,9 +59,10 @@ class BadRequest(ValueError):
     pass
 
 
-def build_router(get_data: Callable[[Request], UIData], *, login: bool) -> APIRouter:
+def build_router(get_data: Callable[[Request], UIData], *,
+                 login: bool) -> tuple[APIRouter, Callable[..., Response]]:
     """The pages, over whatever UIData ``get_data`` returns for a request (raising
-    LoginRequired when there is no user)."""
+    LoginRequired when there is no user); and the page renderer, for more routes."""
     templates = make_templates()
     router = APIRouter()
 
@@ -70,8 +71,6 @@ def build_router(get_data: Callable[[Request], UIData], *, login: bool) -> APIRo
         ctx.update(login_enabled=login, user=getattr(request.state, "ui_user", None),
                    csrf=getattr(request.state, "csrf", ""))
         return templates.TemplateResponse(request, name, ctx, status_code=status_code)
-
-    router.page = page  # type: ignore[attr-defined]  (used by the login routes)
 
     @router.get("/", include_in_schema=False)
     def root() -> Response:
@@ -166,7 +165,7 @@ def build_router(get_data: Callable[[Request], UIData], *, login: bool) -> APIRo
                           _int(points, "points") or 1000)
         return JSONResponse(got)
 
-    return router
+    return router, page
 
 
 def _runs_query(request: Request, folder: str) -> RunsQuery:
@@ -198,8 +197,9 @@ def _runs_query(request: Request, folder: str) -> RunsQuery:
 
 
 def _default_metrics(refs: list[MetricRef]) -> list[MetricRef]:
-    ordered = sorted(refs, key=lambda r: (TYPE_ORDER.get(fmt.type_label(r.type), 9), r.key))
-    return ordered[:3]
+    """The three most common metrics (refs come most common first), val before train."""
+    common = refs[:3]
+    return sorted(common, key=lambda r: (-TYPE_ORDER.get(fmt.type_label(r.type), -1), r.key))
 
 
 def _chart_groups(series) -> list[tuple[str, list]]:
@@ -257,4 +257,4 @@ def install(app: FastAPI, router: APIRouter) -> None:
                                 status_code=303)
 
 
-__all__ = ["build_router", "install", "is_ui_path", "LoginRequired", "Form", "HTMLResponse"]
+__all__ = ["build_router", "install", "is_ui_path", "LoginRequired"]

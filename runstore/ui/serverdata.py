@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, and_, cast, exists, func, literal, or_, select, true
+from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
@@ -31,6 +31,7 @@ from runstore.ui.data import (
     RunsPage,
     RunsQuery,
     SeriesSummary,
+    common_keys,
     flatten,
     lower_is_better,
 )
@@ -47,7 +48,7 @@ def _like_escape(text: str) -> str:
 class ServerData:
     """The pages' data for ``user`` in ``database`` (blobs under ``blob_path_of``)."""
 
-    read_only_note = None
+    read_only_note: str | None = None
 
     def __init__(self, database: db.Database, user: User, blob_path_of) -> None:
         self.database = database
@@ -80,7 +81,7 @@ class ServerData:
     def _hparam_expr(self, key: str):
         parts = key.split(".")
         if self.is_pg:
-            return cast(db.runs.c.hparams, JSONB)[parts]
+            return cast(db.runs.c.hparams, JSONB)[tuple(parts)]
         path = "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
         return func.json_extract(db.runs.c.hparams, path)
 
@@ -131,27 +132,26 @@ class ServerData:
             summaries: dict[int, dict[MetricRef, SeriesSummary]] = {i: {} for i in ids}
             if ids and q.metrics:
                 pairs = [(m.type, m.key) for m in q.metrics]
-                for s in conn.execute(select(db.metric_series).where(
+                for x in conn.execute(select(db.metric_series).where(
                         ms.run_id.in_(ids), ms.key.in_({k for _, k in pairs}))):
-                    if (s.type, s.key) in pairs:
-                        summaries[s.run_id][MetricRef(s.type, s.key)] = SeriesSummary(
-                            s.n, s.nan_count, s.min_value, s.max_value, s.last_value,
-                            s.last_step)
+                    if (x.type, x.key) in pairs:
+                        summaries[x.run_id][MetricRef(x.type, x.key)] = SeriesSummary(
+                            x.n, x.nan_count, x.min_value, x.max_value, x.last_value,
+                            x.last_step)
             recent = (select(r.id, r.hparams).where(r.folder_id == folder_id)
                       .order_by(r.id.desc()).limit(_SAMPLE_RUNS).subquery())
             sample = conn.execute(select(recent.c.hparams)).scalars().all()
-            refs = conn.execute(select(ms.type, ms.key).distinct().where(
-                ms.run_id.in_(select(recent.c.id))).order_by(ms.type, ms.key)).all()
+            refs = conn.execute(select(ms.type, ms.key).where(
+                ms.run_id.in_(select(recent.c.id))).group_by(ms.type, ms.key)
+                .order_by(func.count().desc(), ms.type, ms.key)).all()
             labels = conn.execute(select(r.labels).where(r.folder_id == folder_id)
                                   .order_by(r.id.desc()).limit(_SAMPLE_RUNS)).scalars().all()
-        keys: dict[str, None] = {}
-        for doc in sample:
-            keys.update(dict.fromkeys(flatten(json.loads(doc))))
+        keys = common_keys(flatten(json.loads(doc)) for doc in sample)
         label_set = sorted({x for doc in labels for x in json.loads(doc)})
         out = [RunRow(row.uuid, row.run_name, f"{q.folder}/{row.name}", row.status,
                       row.start_timestamp, row.end_timestamp, json.loads(row.labels),
                       flatten(json.loads(row.hparams)), summaries[row.id]) for row in rows]
-        return RunsPage(out, int(total or 0), sorted(keys),
+        return RunsPage(out, int(total or 0), keys,
                         [MetricRef(t, k) for t, k in refs], label_set)
 
     # -- one run ---------------------------------------------------------------------------
@@ -250,5 +250,3 @@ class ServerData:
             raise NotFound(f"the bytes of {obj_path} are not on this server")
         return Path(path), int(obj.size_bytes or 0)
 
-
-__all__ = ["ServerData", "JSON"]
