@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 MAX_POINTS = 4000        # whatever the browser asks for
-# A rollup level is fine enough when the range holds at most this many of its buckets per
-# requested point (the merge then makes exactly `points` buckets).
+# A rollup level is fine enough when the range holds fewer than this many of its buckets per
+# requested point (the merge then makes at most `points` buckets).
 _ROWS_PER_POINT = 4
 
 
@@ -47,15 +47,14 @@ def _raw(rows: Iterable[tuple[int, float | None]], n: int, lo: int, hi: int) -> 
     return _result(True, n, lo, hi, x, y, None, None, nan)
 
 
-def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int, shift: int,
+def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int,
                   n: int) -> dict[str, Any]:
-    """Rows (bucket, n, nan_count, min, max, last_value, last_step, last_seq) of buckets
-    ``step >> shift`` merged into at most ``points`` equal step ranges over [lo, hi]."""
+    """Rows (start_step, n, nan_count, min, max, last_value, last_step, last_seq) of buckets
+    inside [lo, hi] merged into at most ``points`` equal step ranges (by their start)."""
     width = hi - lo + 1
     groups: dict[int, list] = {}
-    for bucket, cnt, nans, mn, mx, last, last_step, last_seq in rows:
-        start = max(bucket << shift, lo)
-        g = min(points - 1, (start - lo) * points // width)
+    for start, cnt, nans, mn, mx, last, last_step, last_seq in rows:
+        g = min(points - 1, (max(start, lo) - lo) * points // width)
         cur = groups.get(g)
         if cur is None:
             groups[g] = [cnt, nans, mn, mx, last, last_step, last_seq]
@@ -69,6 +68,23 @@ def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int, shift: i
         if last_seq > cur[6]:
             cur[4], cur[5], cur[6] = last, last_step, last_seq
     return _emit(groups.values(), lo, hi, n)
+
+
+def cover(lo: int, hi: int, level: int, bits: int) -> list[tuple[int, int, int]]:
+    """[lo, hi] as aligned blocks, like a segment tree: (level, first, last) runs of whole
+    buckets ``step >> bits*level`` at the given level and finer ones toward the edges, down to
+    (0, lo, hi) step ranges of raw points. At most two runs per level."""
+    if lo > hi:
+        return []
+    if level == 0:
+        return [(0, lo, hi)]
+    shift = bits * level
+    first = (lo + (1 << shift) - 1) >> shift
+    last = ((hi + 1) >> shift) - 1
+    if first > last:
+        return cover(lo, hi, level - 1, bits)
+    return [(level, first, last), *cover(lo, (first << shift) - 1, level - 1, bits),
+            *cover((last + 1) << shift, hi, level - 1, bits)]
 
 
 def _emit(groups: Iterable[list], lo: int, hi: int, n: int) -> dict[str, Any]:
@@ -119,17 +135,26 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
     while level < LEVELS and (hi >> (LEVEL_BITS * level)) - (lo >> (LEVEL_BITS * level)) \
             >= _ROWS_PER_POINT * points:
         level += 1
-    shift = LEVEL_BITS * level
     r = db.metric_rollups.c
-    rows = conn.execute(select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value,
-                               r.last_value, r.last_step, r.last_seq).where(
-        r.run_id == run_id, r.type == type_, r.key == key, r.level == level,
-        r.bucket >= lo >> shift, r.bucket <= hi >> shift).order_by(r.bucket)).all()
-    if sum(row.n for row in rows) <= points:  # sparse: the points themselves
+    rows: list[tuple] = []
+    for lv, first, last in cover(lo, hi, level, LEVEL_BITS):
+        if lv == 0:
+            rows += [(step, 1, int(value is None), value, value, value, step, seq)
+                     for step, value, seq in conn.execute(select(m.step, m.value, m.seq).where(
+                         m.run_id == run_id, m.type == type_, m.key == key, m.step >= first,
+                         m.step <= last))]
+            continue
+        shift = LEVEL_BITS * lv
+        rows += [(b << shift, *rest) for b, *rest in conn.execute(
+            select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value, r.last_value,
+                   r.last_step, r.last_seq).where(
+                r.run_id == run_id, r.type == type_, r.key == key, r.level == lv,
+                r.bucket >= first, r.bucket <= last))]
+    if sum(row[1] for row in rows) <= points:  # sparse: the points themselves
         got = raw()
         if got:
             return got
-    return merge_buckets(rows, lo, hi, points, shift, summary.n)
+    return merge_buckets(rows, lo, hi, points, summary.n)
 
 
 def local_series(conn: sqlite3.Connection, run_id: int, type_: str, key: str,
