@@ -217,6 +217,9 @@ Index("lineage_artifact", lineage.c.artifact_id)
 # Raw points of one series in a step range (a zoomed chart).
 Index("metrics_series_step", metrics.c.run_id, metrics.c.type, metrics.c.key, metrics.c.step)
 Index("runs_folder", runs.c.folder_id)
+# The web UI's runs table: a folder's runs in start or name order without sorting them all.
+Index("runs_folder_start", runs.c.folder_id, runs.c.start_timestamp)
+Index("runs_folder_run_name", runs.c.folder_id, runs.c.run_name)
 Index("artifacts_folder", artifacts.c.folder_id)
 
 

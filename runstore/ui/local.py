@@ -105,8 +105,11 @@ class LocalData:
             cond.append("(r.name LIKE ? ESCAPE '\\' OR r.alternative_name LIKE ? ESCAPE '\\')")
             args += [f"%{_like_escape(q.name)}%"] * 2
         if q.label:
-            cond.append("EXISTS (SELECT 1 FROM json_each(r.labels) WHERE value = ?)")
-            args.append(q.label)
+            # the label's JSON text (the SDK writes labels with json.dumps) as a cheap
+            # necessary condition before the exact test
+            cond.append("r.labels LIKE ? ESCAPE '\\' "
+                        "AND EXISTS (SELECT 1 FROM json_each(r.labels) WHERE value = ?)")
+            args += [f"%{_like_escape(json.dumps(q.label))}%", q.label]
         where = " AND ".join(cond)
         direction = "DESC" if q.desc else "ASC"
         join, order_args = "", []

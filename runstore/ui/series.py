@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 MAX_POINTS = 4000        # whatever the browser asks for
-# A rollup level is fine enough when the range holds fewer than this many of its buckets per
-# requested point (the merge then makes at most `points` buckets).
-_ROWS_PER_POINT = 4
+# A rollup level is fine enough when the range holds fewer of its buckets than this many per
+# requested point: one, so a chart reads at most about `points` rows (plus the edges).
+_ROWS_PER_POINT = 1
 
 
 def clamp_points(points: int) -> int:

@@ -86,6 +86,12 @@ class ServerData:
         return func.json_extract(db.runs.c.hparams, path)
 
     def _has_label(self, label: str):
+        # A cheap necessary condition first (the label's JSON text appears in the stored
+        # list, written by json.dumps like this), then the exact membership test.
+        rough = db.runs.c.labels.like(f"%{_like_escape(json.dumps(label))}%", escape="\\")
+        return and_(rough, self._label_member(label))
+
+    def _label_member(self, label: str):
         if self.is_pg:
             return cast(db.runs.c.labels, JSONB).contains(cast(literal(json.dumps([label])),
                                                                JSONB))
