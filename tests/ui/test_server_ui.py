@@ -63,9 +63,11 @@ def test_login_sort_filter_run_chart_zoom(page, server_ui) -> None:
     page.fill("#token", "rst_000000000000_not-a-real-token-at-all")
     page.click("button[type=submit]")
     assert page.locator(".alert").inner_text().startswith("That token was not accepted")
+    shot(page, "server-login-refused")
 
     login(page, base, server_ui.alice)
     assert page.locator(".user").inner_text() == "alice"
+    shot(page, "server-folders")
     page.click("a.folder:has-text('/alice/vision')")
     page.wait_for_url(re.compile(r"/ui/folder\?path=(%2F|/)alice(%2F|/)vision"))
     assert len(names_in_table(page)) == 5
@@ -118,6 +120,11 @@ def test_login_sort_filter_run_chart_zoom(page, server_ui) -> None:
         " return window.runstoreCharts[Number(f.dataset.chart)].raw[0] === true; }")
     zoomed = chart(page, "loss")
     assert 300 < zoomed["points"][0] < 700  # every step of ~a tenth of 5,000
+    fig.locator(".log-toggle").click()                        # a log y axis
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('figure.chart')].some(f => f.dataset.log === '1'"
+        " && window.runstoreCharts[Number(f.dataset.chart)].uplot.scales.y.distr === 3)")
+    shot(page, "server-run-zoomed-log")
 
 
 def test_compare_selected_runs(page, server_ui) -> None:
@@ -225,3 +232,56 @@ def test_anonymous_requests_get_nothing(server_ui, path: str) -> None:
     r = httpx.get(server_ui.server.url + path, follow_redirects=False)
     assert r.status_code in (303, 401)
     assert "alice" not in r.text
+
+
+def ui_routes() -> list[tuple[str, str]]:
+    """(method, path template) of every web UI route, from the router itself."""
+    from runstore.ui.routes import build_router
+
+    def no_data(_request):
+        raise AssertionError("not called")
+
+    router, _page = build_router(no_data, login=True)
+    return sorted((m, r.path) for r in router.routes for m in getattr(r, "methods", ())
+                  if m != "HEAD")
+
+
+def browser_session(base: str, token: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, follow_redirects=False)
+    client.get("/ui/login")
+    r = client.post("/ui/login", data={"token": token, "csrf": client.cookies["runstore_csrf"]})
+    assert r.status_code == 303
+    return client
+
+
+def test_every_ui_route_needs_the_owners_session(server_ui) -> None:
+    """Anonymous: a redirect to the login page (401 for the JSON endpoint), never data.
+    Another user: 404 for everything of alice's, the same answer as for what does not exist."""
+    runs, arts = server_ui.seeded.runs, server_ui.seeded.artifacts
+    fill = {"{uuid}": runs["baseline"]}
+    query = {"/ui/folder": "?path=/alice/vision", "/ui/compare": f"?run={runs['baseline']}",
+             "/ui/api/series": f"?run={runs['baseline']}&type=train&key=loss",
+             "/ui/artifact/{uuid}/file": "?path=model/weights.bin"}
+    routes = ui_routes()
+    assert ("GET", "/ui/run/{uuid}") in routes and ("GET", "/ui/api/series") in routes
+    bob = browser_session(server_ui.server.url, server_ui.bob)
+    with httpx.Client(base_url=server_ui.server.url, follow_redirects=False) as anon:
+        for method, template in routes:
+            if template in ("/", "/ui", "/ui/"):
+                continue
+            path = template
+            if "/artifact/" in template:
+                path = path.replace("{uuid}", arts["resnet18-model"])
+            for key, value in fill.items():
+                path = path.replace(key, value)
+            path += query.get(template, "")
+            r = anon.request(method, path)
+            if template.startswith("/ui/api/"):
+                assert r.status_code == 401, (template, r.status_code)
+            else:
+                assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+            assert "baseline" not in r.text and "resnet" not in r.text
+            r = bob.request(method, path)
+            assert r.status_code == 404, (template, r.status_code)
+            assert "baseline" not in r.text and "weights" not in r.text
+    bob.close()

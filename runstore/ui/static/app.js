@@ -133,11 +133,24 @@
       return;
     }
     const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
+    // Log scale (the toggle in the caption) only when every value is positive.
+    const positive = data.slice(1).every((s) => s.every((v) => v == null || v > 0));
+    const logScale = positive && fig.dataset.log === "1";
+    const toggle = fig.querySelector(".log-toggle");
+    if (toggle) {
+      toggle.disabled = !positive;
+      toggle.title = positive ? "logarithmic y axis" : "not every value is positive";
+      toggle.classList.toggle("on", logScale);
+      toggle.onclick = () => {
+        fig.dataset.log = fig.dataset.log === "1" ? "0" : "1";
+        draw(fig, spec, runs, lo, hi);
+      };
+    }
     const opts = {
       width, height: plot.clientHeight || 220,
       series, bands,
       legend: { show: false },
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: logScale ? { distr: 3 } : {} },
       cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 } },
       axes: [
         { stroke: "#667085", grid: { stroke: "#eef0f3", width: 1 }, ticks: { show: false },
