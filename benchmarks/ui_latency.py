@@ -117,16 +117,20 @@ def ingest_without_rollups(database: db.Database, n_points: int) -> float:
         rollups.add_rows = saved
 
 
-def timed(client: TestClient, url: str, n: int) -> list[float]:
-    out = []
+def timed(client: TestClient, url: str, n: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds per request. CPU time (this process: the app and the
+    in-process client) does not grow when other processes compete for the cores, wall time
+    does: both are printed."""
+    wall, cpu = [], []
     for _ in range(3):
         assert client.get(url).status_code == 200, url
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = client.get(url)
-        out.append((time.perf_counter() - t0) * 1000)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
         assert r.status_code == 200, (url, r.status_code, r.text[:300])
-    return out
+    return wall, cpu
 
 
 def p95(values: list[float]) -> float:
@@ -134,7 +138,7 @@ def p95(values: list[float]) -> float:
 
 
 def measure(label: str, database: db.Database, data_dir: Path, n_runs: int, n_points: int,
-            iterations: int) -> list[tuple[str, float]]:
+            iterations: int) -> list[tuple[str, float, float]]:
     token, long_uuid, ingest_s = seed(database, n_runs, n_points)
     plain_s = ingest_without_rollups(database, n_points)
     print(f"[{label}] seeded {n_runs:,} runs; {n_points:,} points ingested with rollups in "
@@ -165,8 +169,8 @@ def measure(label: str, database: db.Database, data_dir: Path, n_runs: int, n_po
              f"&lo={n_points // 3 + 17}&hi={2 * n_points // 3 - 5}"),
         ]
         for name, url in cases:
-            ms = timed(client, url, iterations)
-            results.append((f"{label}: {name}", p95(ms)))
+            wall, cpu = timed(client, url, iterations)
+            results.append((f"{label}: {name}", p95(wall), p95(cpu)))
         got = client.get(cases[5][1]).json()
         assert len(got["x"]) <= 4000 and not got["raw"]
     return results
@@ -181,7 +185,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     args = parser.parse_args()
     n_runs, n_points = (2_000, 200_000) if args.quick else (10_000, 1_000_000)
-    results: list[tuple[str, float]] = []
+    results: list[tuple[str, float, float]] = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         database = db.Database.for_data_dir(Path(tmp) / "sqlite")
@@ -204,10 +208,11 @@ def main() -> None:
         print("MLflow: not installed, no figure to compare (pip install mlflow to add one)")
     print(f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs (a loaded machine inflates every figure)")
-    print(f"\n{'case':<72} {'p95 ms':>8} {'limit':>7} {'ratio':>6}")
-    for name, value in results:
-        print(f"{name:<72} {value:8.1f} {LIMIT_MS:7.0f} {value / LIMIT_MS:6.2f}"
-              f"{'' if value <= LIMIT_MS else '  OVER'}")
+    print(f"\n{'case':<62} {'p95 wall':>9} {'p95 CPU':>8} {'limit':>6} {'ratio':>6}")
+    for name, wall, cpu in results:
+        print(f"{name:<62} {wall:9.1f} {cpu:8.1f} {LIMIT_MS:6.0f} {wall / LIMIT_MS:6.2f}"
+              f"{'' if wall <= LIMIT_MS else '  OVER'}")
+    print("(ms; ratio = p95 wall / limit)")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,15 @@ def common_keys(docs: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(counts, key=lambda k: (-counts[k], k))
 
 
+_TYPE_RANK = {"val": 0, "validation": 0, "validate": 0, "test": 1, "eval": 1, "train": 2,
+              "training": 2}
+
+
+def default_metrics(refs: list[MetricRef]) -> list[MetricRef]:
+    """The three most common metrics (refs come most common first), val before train."""
+    return sorted(refs[:3], key=lambda r: (_TYPE_RANK.get(r.type.lower(), 3), r.key))
+
+
 @dataclass(frozen=True)
 class MetricRef:
     """A metric column: (type, key), written ``type/key`` in URLs."""
@@ -81,6 +90,7 @@ class RunsQuery:
     page_size: int = 50
     hparams: list[str] = field(default_factory=list)
     metrics: list[MetricRef] = field(default_factory=list)
+    default_columns: bool = False  # none chosen yet: the data source picks the common ones
 
 
 @dataclass

@@ -33,11 +33,13 @@ from runstore.ui.data import (
     RunsQuery,
     SeriesSummary,
     common_keys,
+    default_metrics,
     flatten,
     lower_is_better,
 )
 
 _SAMPLE_RUNS = 200
+_SAMPLE_METRIC_RUNS = 20
 _SORTS = {"name": "r.name", "status": "r.status", "start": "r.start_timestamp"}
 
 
@@ -139,23 +141,28 @@ class LocalData:
                 f"r.end_timestamp, r.labels, r.hparams FROM runs r {join} WHERE {where} "
                 f"ORDER BY {order}, r.id {direction} LIMIT ? OFFSET ?",
                 [*args, *order_args, q.page_size, (q.page - 1) * q.page_size]).fetchall()
-            summaries: dict[int, dict[MetricRef, SeriesSummary]] = {r[0]: {} for r in rows}
-            for ref in q.metrics:
-                for run_id, summary in self._summaries(conn, list(summaries), ref):
-                    summaries[run_id][ref] = summary
             sample = conn.execute("SELECT id, hparams, labels FROM runs WHERE folder = ? "
                                   "ORDER BY id DESC LIMIT ?", (q.folder, _SAMPLE_RUNS)).fetchall()
-            ids = ",".join(str(r[0]) for r in sample) or "NULL"
+            # metric names from the latest few runs only: without the server's summary table,
+            # listing them reads every row of those runs
+            ids = ",".join(str(r[0]) for r in sample[:_SAMPLE_METRIC_RUNS]) or "NULL"
             refs = conn.execute(
                 "SELECT type, key FROM (SELECT DISTINCT run_id, type, key FROM metrics "
                 f"WHERE run_id IN ({ids})) GROUP BY type, key ORDER BY COUNT(*) DESC, type, key"
             ).fetchall()
-        keys = common_keys(flatten(json.loads(doc)) for _id, doc, _labels in sample)
+            keys = common_keys(flatten(json.loads(doc)) for _id, doc, _labels in sample)
+            metric_refs = [MetricRef(t, k) for t, k in refs]
+            if q.default_columns:
+                q.hparams, q.metrics = keys[:4], default_metrics(metric_refs)
+            summaries: dict[int, dict[MetricRef, SeriesSummary]] = {r[0]: {} for r in rows}
+            for ref in q.metrics:
+                for run_id, summary in self._summaries(conn, list(summaries), ref):
+                    summaries[run_id][ref] = summary
         labels = sorted({x for *_rest, doc in sample for x in json.loads(doc)})
         out = [RunRow(uuid, name, f"{q.folder}/{alt}", status, start, end, json.loads(lab),
                       flatten(json.loads(hp)), summaries[rid])
                for rid, uuid, name, alt, status, start, end, lab, hp in rows]
-        return RunsPage(out, total, keys, [MetricRef(t, k) for t, k in refs], labels)
+        return RunsPage(out, total, keys, metric_refs, labels)
 
     @staticmethod
     def _summaries(conn: sqlite3.Connection, run_ids: list[int], ref: MetricRef):

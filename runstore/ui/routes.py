@@ -87,11 +87,9 @@ def build_router(get_data: Callable[[Request], UIData], *,
     def folder(request: Request, path: str = Query(max_length=4096)) -> Response:
         data = get_data(request)
         q = _runs_query(request, path)
+        q.default_columns = not q.hparams and not q.metrics \
+            and "cols" not in request.query_params
         result = data.runs(q)
-        if not q.hparams and not q.metrics and "cols" not in request.query_params:
-            q.hparams = result.hparam_keys[:4]
-            q.metrics = _default_metrics(result.metric_refs)
-            result = data.runs(q)
         pages = max(1, -(-result.total // q.page_size))
         return page(request, "runs.html", q=q, result=result, pages=pages,
                     data_note=data.read_only_note, url=fmt.RunsUrl(q))
@@ -194,12 +192,6 @@ def _runs_query(request: Request, folder: str) -> RunsQuery:
                      desc=params.get("dir", "desc") != "asc",
                      page=max(1, _int(params.get("page"), "page") or 1), page_size=page_size,
                      hparams=[h for h in params.getlist("h") if h][:20], metrics=metrics[:8])
-
-
-def _default_metrics(refs: list[MetricRef]) -> list[MetricRef]:
-    """The three most common metrics (refs come most common first), val before train."""
-    common = refs[:3]
-    return sorted(common, key=lambda r: (-TYPE_ORDER.get(fmt.type_label(r.type), -1), r.key))
 
 
 def _chart_groups(series) -> list[tuple[str, list]]:

@@ -20,9 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 MAX_POINTS = 4000        # whatever the browser asks for
-# A rollup level is fine enough when the range holds fewer of its buckets than this many per
-# requested point: one, so a chart reads at most about `points` rows (plus the edges).
-_ROWS_PER_POINT = 1
+# A rollup level is fine enough when the range holds fewer of its buckets than half the points
+# asked for: the browser asks for twice its pixel width, so that is still a bucket (with its
+# min/max band) per pixel at best; levels 8x apart mean the chosen one holds between points/16
+# and points/2 buckets. A chart reads at most about `points / 2` rows (plus the edges).
+_BUCKETS_PER_POINT = 0.5
 
 
 def clamp_points(points: int) -> int:
@@ -133,7 +135,7 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
             return got
     level = 1
     while level < LEVELS and (hi >> (LEVEL_BITS * level)) - (lo >> (LEVEL_BITS * level)) \
-            >= _ROWS_PER_POINT * points:
+            >= _BUCKETS_PER_POINT * points:
         level += 1
     r = db.metric_rollups.c
     rows: list[tuple] = []
@@ -142,14 +144,14 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
             rows += [(step, 1, int(value is None), value, value, value, step, seq)
                      for step, value, seq in conn.execute(select(m.step, m.value, m.seq).where(
                          m.run_id == run_id, m.type == type_, m.key == key, m.step >= first,
-                         m.step <= last))]
+                         m.step <= last)).all()]
             continue
         shift = LEVEL_BITS * lv
         rows += [(b << shift, *rest) for b, *rest in conn.execute(
             select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value, r.last_value,
                    r.last_step, r.last_seq).where(
                 r.run_id == run_id, r.type == type_, r.key == key, r.level == lv,
-                r.bucket >= first, r.bucket <= last))]
+                r.bucket >= first, r.bucket <= last)).all()]
     if sum(row[1] for row in rows) <= points:  # sparse: the points themselves
         got = raw()
         if got:

@@ -32,6 +32,7 @@ from runstore.ui.data import (
     RunsQuery,
     SeriesSummary,
     common_keys,
+    default_metrics,
     flatten,
     lower_is_better,
 )
@@ -134,6 +135,18 @@ class ServerData:
             order.append(r.id.desc() if q.desc else r.id.asc())
             rows = conn.execute(stmt.order_by(*order).limit(q.page_size)
                                 .offset((q.page - 1) * q.page_size)).all()
+            recent = (select(r.id, r.hparams).where(r.folder_id == folder_id)
+                      .order_by(r.id.desc()).limit(_SAMPLE_RUNS).subquery())
+            sample = conn.execute(select(recent.c.hparams)).scalars().all()
+            refs = conn.execute(select(ms.type, ms.key).where(
+                ms.run_id.in_(select(recent.c.id))).group_by(ms.type, ms.key)
+                .order_by(func.count().desc(), ms.type, ms.key)).all()
+            labels = conn.execute(select(r.labels).where(r.folder_id == folder_id)
+                                  .order_by(r.id.desc()).limit(_SAMPLE_RUNS)).scalars().all()
+            keys = common_keys(flatten(json.loads(doc)) for doc in sample)
+            metric_refs = [MetricRef(t, k) for t, k in refs]
+            if q.default_columns:
+                q.hparams, q.metrics = keys[:4], default_metrics(metric_refs)
             ids = [row.id for row in rows]
             summaries: dict[int, dict[MetricRef, SeriesSummary]] = {i: {} for i in ids}
             if ids and q.metrics:
@@ -144,21 +157,11 @@ class ServerData:
                         summaries[x.run_id][MetricRef(x.type, x.key)] = SeriesSummary(
                             x.n, x.nan_count, x.min_value, x.max_value, x.last_value,
                             x.last_step)
-            recent = (select(r.id, r.hparams).where(r.folder_id == folder_id)
-                      .order_by(r.id.desc()).limit(_SAMPLE_RUNS).subquery())
-            sample = conn.execute(select(recent.c.hparams)).scalars().all()
-            refs = conn.execute(select(ms.type, ms.key).where(
-                ms.run_id.in_(select(recent.c.id))).group_by(ms.type, ms.key)
-                .order_by(func.count().desc(), ms.type, ms.key)).all()
-            labels = conn.execute(select(r.labels).where(r.folder_id == folder_id)
-                                  .order_by(r.id.desc()).limit(_SAMPLE_RUNS)).scalars().all()
-        keys = common_keys(flatten(json.loads(doc)) for doc in sample)
         label_set = sorted({x for doc in labels for x in json.loads(doc)})
         out = [RunRow(row.uuid, row.run_name, f"{q.folder}/{row.name}", row.status,
                       row.start_timestamp, row.end_timestamp, json.loads(row.labels),
                       flatten(json.loads(row.hparams)), summaries[row.id]) for row in rows]
-        return RunsPage(out, int(total or 0), keys,
-                        [MetricRef(t, k) for t, k in refs], label_set)
+        return RunsPage(out, int(total or 0), keys, metric_refs, label_set)
 
     # -- one run ---------------------------------------------------------------------------
     def _run_row(self, conn: Connection, uuid: str):
