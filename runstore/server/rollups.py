@@ -29,12 +29,6 @@ LEVELS = 12
 Agg = tuple[int, int, "float | None", "float | None", "float | None", int, int, int, int]
 
 
-def point(step: int, value: float | None, seq: int) -> Agg:
-    """The aggregate of one point."""
-    nan = value is None
-    return (1, int(nan), value, value, value, step, seq, step, step)
-
-
 def merge(a: Agg, b: Agg) -> Agg:
     """Two aggregates as one; the last point is the one uploaded later (higher seq)."""
     lo = a[2] if b[2] is None or (a[2] is not None and a[2] <= b[2]) else b[2]
@@ -58,14 +52,41 @@ def add_rows(conn: Connection, run_id: int, offset: int, rows: Sequence[tuple]) 
     run's series summaries and rollups."""
     if not rows:
         return
-    level = fold((((r[0], r[1], r[2] >> LEVEL_BITS)), point(r[2], r[4], offset + i))
-                 for i, r in enumerate(rows))
+    level = _first_level(rows, offset)
     series = fold(((t, k), agg) for (t, k, _b), agg in level.items())
     _upsert_series(conn, run_id, series)
     for lv in range(1, LEVELS + 1):
         _upsert_rollups(conn, run_id, lv, level)
         if lv < LEVELS:
             level = fold(((t, k, b >> LEVEL_BITS), agg) for (t, k, b), agg in level.items())
+
+
+def _first_level(rows: Sequence[tuple], offset: int) -> dict[tuple, Agg]:
+    """Level-1 aggregates straight from the rows: fold() unrolled for single points, since
+    this loop runs once per metric row stored (rows come in seq order, so each is the last)."""
+    acc: dict[tuple, list] = {}
+    seq = offset
+    for t, k, step, _epoch, v, _ts in rows:
+        key = (t, k, step >> LEVEL_BITS)
+        a = acc.get(key)
+        if a is None:
+            acc[key] = [1, int(v is None), v, v, v, step, seq, step, step]
+        else:
+            a[0] += 1
+            if v is None:
+                a[1] += 1
+            else:
+                if a[2] is None or v < a[2]:
+                    a[2] = v
+                if a[3] is None or v > a[3]:
+                    a[3] = v
+            a[4], a[5], a[6] = v, step, seq
+            if step < a[7]:
+                a[7] = step
+            elif step > a[8]:
+                a[8] = step
+        seq += 1
+    return {key: tuple(a) for key, a in acc.items()}  # type: ignore[misc]
 
 
 def _insert(conn: Connection):
