@@ -178,6 +178,10 @@ def measure(label: str, database: db.Database, data_dir: Path, n_runs: int, n_po
 
 def main() -> None:
     import os
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so the private PostgreSQL is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
