@@ -141,6 +141,8 @@ class ArtifactRef:
     name: str
     path: str | None
     kind: str                                     # Artifact, or what else a run marked
+    files: int = 0                                # its objects: how many, total bytes
+    size_bytes: int = 0
 
 
 @dataclass

@@ -204,6 +204,10 @@ class LocalData:
                 "SELECT s.direction, s.kind, s.entry, a.uuid, a.name, a.alternative_name "
                 "FROM associations s LEFT JOIN artifacts a ON a.id = s.artifact_id "
                 "WHERE s.run_id = ? ORDER BY s.direction, s.position", (run["id"],)).fetchall()
+            sizes = {u: (n, size) for u, n, size in conn.execute(
+                "SELECT a.uuid, COUNT(*), COALESCE(SUM(o.size_bytes), 0) FROM artifact_objects o "
+                "JOIN artifacts a ON a.id = o.artifact_id WHERE a.id IN (SELECT artifact_id "
+                "FROM associations WHERE run_id = ?) GROUP BY a.uuid", (run["id"],))}
             history = [{"action": a, "timestamp": t, "host": h, "path": p, "id": i}
                        for a, t, h, p, i in conn.execute(
                            "SELECT action, timestamp, host, path, remote_id FROM remote_history "
@@ -216,7 +220,7 @@ class LocalData:
         for direction, kind, entry_text, a_uuid, a_name, a_alt in links:
             entry = json.loads(entry_text)
             if a_uuid is not None:
-                ref = ArtifactRef(a_uuid, a_name, a_alt, kind)
+                ref = ArtifactRef(a_uuid, a_name, a_alt, kind, *sizes.get(a_uuid, (0, 0)))
             else:
                 ref = ArtifactRef(None, str(entry.get("name") or entry.get("path") or entry)
                                   if isinstance(entry, dict) else str(entry), None, kind)

@@ -187,13 +187,19 @@ class ServerData:
                 .outerjoin(db.artifacts, a.id == lin.artifact_id)
                 .outerjoin(db.folders, f.id == a.folder_id)
                 .where(lin.run_id == run.id).order_by(lin.direction, lin.position)).all()
+            o = db.artifact_objects.c
+            sizes = {uuid: (n, size) for uuid, n, size in conn.execute(
+                select(a.uuid, func.count(), func.coalesce(func.sum(o.size_bytes), 0))
+                .join(db.artifacts, a.id == o.artifact_id)
+                .where(a.uuid.in_({x.uuid for x in links if x.uuid}), a.owner_id == self.user.id)
+                .group_by(a.uuid))}
         inputs: list[ArtifactRef] = []
         outputs: list[ArtifactRef] = []
         for link in links:
             entry = json.loads(link.entry)
             if link.uuid is not None:
                 ref = ArtifactRef(link.uuid, link.artifact_name, f"{link.path}/{link.name}",
-                                  link.kind)
+                                  link.kind, *sizes.get(link.uuid, (0, 0)))
             else:
                 ref = ArtifactRef(None, str(entry.get("name") or entry.get("path") or entry),
                                   None, link.kind)

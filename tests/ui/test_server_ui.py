@@ -149,6 +149,8 @@ def test_artifact_page_and_download(page, server_ui) -> None:
     base = server_ui.server.url
     login(page, base, server_ui.alice, then=FOLDER_URL)
     run_link(page, "baseline").click()
+    ref = page.locator("#lineage .art-ref", has_text="resnet18-model")
+    assert ref.locator(".art-files").inner_text() == "1 object · 10.0 KB"
     page.click("#lineage a:has-text('resnet18-model')")
     page.wait_for_url(re.compile(r"/ui/artifact/"))
     row = page.locator("#objects tbody tr")
