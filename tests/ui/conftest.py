@@ -60,6 +60,7 @@ def page(browser) -> Iterator:
 
 def shot(pg, name: str) -> Path:
     path = artifacts_dir() / f"{name}.png"
+    pg.evaluate("window.scrollTo(0, 0)")  # else the sticky top bar lands mid-page
     pg.screenshot(path=str(path), full_page=True)
     return path
 

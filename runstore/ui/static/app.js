@@ -240,6 +240,8 @@
   });
   document.addEventListener("htmx:afterSettle", updateCompareButton);
   document.addEventListener("DOMContentLoaded", () => {
+    const tail = document.getElementById("stdout-tail");
+    if (tail) tail.scrollTop = tail.scrollHeight;  // the latest output first in view
     initCharts();
     updateCompareButton();
   });
