@@ -99,9 +99,9 @@ def ingest(database: db.Database, run: int, rows: list[tuple], chunk: int) -> No
             db.insert_metric_rows(conn, run, start, rows[start:start + chunk])
 
 
-@pytest.mark.parametrize("chunk", [997, 20_000])
+@pytest.mark.parametrize("chunk", [997, 8_000])
 def test_server_rollups_match_the_oracle(tmp_path: Path, chunk: int) -> None:
-    rows = make_rows(20_000)
+    rows = make_rows(8_000)
     database, run = server_db(tmp_path)
     ingest(database, run, rows, chunk)
     points = series_points(rows, "train", "loss")
@@ -137,7 +137,7 @@ def test_server_rollups_match_the_oracle(tmp_path: Path, chunk: int) -> None:
 def test_local_sql_bucketing_matches_the_oracle(tmp_path: Path) -> None:
     from runstore.store import Store
 
-    rows = make_rows(20_000, seed=11)
+    rows = make_rows(8_000, seed=11)
     store = Store(tmp_path / "home")
     with store.write() as conn:
         conn.execute("INSERT INTO runs (uuid, name, alternative_name, start_timestamp, "
