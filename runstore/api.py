@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from runstore.artifact import Artifact, find_artifact_row
-from runstore.config import check_conflict_strategy
-from runstore.errors import NotFoundError
+from runstore.errors import AmbiguousError, NotFoundError
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.run import Run, find_run_row
 from runstore.store import Store, default_home, reap_dead_runs
 from runstore.writer import Writer
@@ -93,8 +93,7 @@ def create_run(config_path: str | os.PathLike[str] | None = None, name: str = "d
     if config_path is not None:
         args.update(_read_run_config(config_path))
     check_conflict_strategy(args["conflict_strategy"])
-    if not isinstance(args["folder"], str) or not args["folder"]:
-        raise ValueError(f"folder must be a non-empty str, not {args['folder']!r}")
+    check_folder(args["folder"])
     hp = args["hparams"] or {}
     if not isinstance(hp, dict):
         raise TypeError(f"hparams must be a dict, not {type(hp).__name__}")
@@ -116,6 +115,7 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
     The run is set back to Running with its end timestamp cleared.
     """
     check_conflict_strategy(conflict_strategy)
+    check_folder(folder)
     store = default_store()
     row = _local_or_downloaded(store, str(path), "runs")
     with store.write() as conn:
@@ -136,10 +136,10 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
 
 
 def _local_or_downloaded(store: Store, ref: str, table: str) -> Any:
-    """The row of a run/artifact found locally, else downloaded from the server (t9k order:
-    local first; a remote path holds a '/')."""
+    """The row of a run/artifact found locally (runstore.rows' one resolver rule), else
+    downloaded from the server (t9k order: local first; a remote path holds a '/')."""
     finder = find_run_row if table == "runs" else find_artifact_row
-    row = _find_local(store, ref, finder, table)
+    row = _find_local(store, ref, finder)
     if row is not None:
         return row
     from runstore import remote
@@ -149,17 +149,16 @@ def _local_or_downloaded(store: Store, ref: str, table: str) -> Any:
         return finder(store, download(store, ref, client))
 
 
-def _find_local(store: Store, ref: str, finder: Any, table: str) -> Any:
-    candidate = Path(ref).expanduser()
-    if candidate.is_dir():
-        rows = store.read(f"SELECT * FROM {table} WHERE local_dir = ?",
-                          (str(candidate.resolve()),))
-        if rows:
-            return rows[0]
-        ref = candidate.name
+def _find_local(store: Store, ref: str, finder: Any) -> Any:
     try:
         return finder(store, ref)
+    except AmbiguousError:
+        raise
     except NotFoundError:
+        candidate = Path(ref).expanduser()
+        if candidate.is_dir() and candidate.name != ref:
+            # a run directory copied elsewhere: it is named by the run's alternative name
+            return _find_local(store, candidate.name, finder)
         if "/" in ref:
             return None  # a remote path: the caller asks the server
         raise
@@ -182,6 +181,7 @@ def upload(path: str, folder: str = "default", make_folder: bool = False,
     """Upload a run or artifact (or a directory holding several) to the server."""
     from runstore import remote
 
+    check_folder(folder)
     check_conflict_strategy(conflict_strategy)
     remote.upload(path, folder=folder, make_folder=make_folder,
                   conflict_strategy=conflict_strategy)

@@ -8,10 +8,24 @@ import uuid as _uuid
 from pathlib import Path
 from typing import Any
 
-from runstore.errors import NotFoundError
+from runstore.errors import InvalidValueError
 from runstore.names import alternative_name as make_alternative_name
-from runstore.names import check_name, object_path
+from runstore.rows import remote_history
+from runstore.rows import resolve_artifact as find_artifact_row
+from runstore.rules import (
+    check_alternative_name,
+    check_conflict_strategy,
+    check_description,
+    check_folder,
+    check_labels,
+    check_name,
+    check_uri,
+    object_path,
+    short,
+)
 from runstore.store import Store
+
+__all__ = ["Artifact", "find_artifact_row"]
 from runstore.timeutil import now_iso
 
 
@@ -25,13 +39,10 @@ class Artifact:
         self._store = store or default_store()
         if _row is None:
             name = check_name(metadata.get("name"), "Artifact")
-            labels = metadata.get("labels") or []
-            if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-                raise TypeError(f"labels must be a list of str, not {labels!r}")
-            description = metadata.get("description") or ""
-            if not isinstance(description, str):
-                raise TypeError(f"description must be a str, not {description!r}")
-            alt = metadata.get("alternativeName") or make_alternative_name(name)
+            labels = check_labels(metadata.get("labels"))
+            description = check_description(metadata.get("description"))
+            alt = check_alternative_name(
+                metadata.get("alternativeName") or make_alternative_name(name))
             local = self._store.artifact_dir(alt)
             with self._store.write() as conn:
                 cur = conn.execute(
@@ -81,8 +92,6 @@ class Artifact:
 
     @property
     def remote(self) -> list[dict[str, Any]]:
-        from runstore.run import remote_history
-
         return remote_history(self._store, "artifact", self.uuid)
 
     # -- adding objects --------------------------------------------------------------------
@@ -114,8 +123,7 @@ class Artifact:
 
     def add_reference(self, uri: str, obj_path: str | None = None) -> None:
         """Add a reference to data kept elsewhere (s3://..., https://...)."""
-        if not isinstance(uri, str) or not uri:
-            raise ValueError(f"reference uri must be a non-empty str, not {uri!r}")
+        check_uri(uri)
         basename = uri.rstrip("/").rsplit("/", 1)[-1] or uri
         path = object_path(obj_path, basename)
         with self._store.write() as conn:
@@ -129,8 +137,9 @@ class Artifact:
         row = conn.execute("SELECT kind FROM artifact_objects WHERE artifact_id = ? AND path = ?",
                            (self.id, path)).fetchone()
         if row is not None and row[0] != kind:
-            raise ValueError(f"artifact {self._name!r} already holds a {row[0]} at {path!r}; "
-                             f"a {kind} cannot share its object path")
+            raise InvalidValueError(
+                f"artifact {self._name!r} already holds a {row[0]} at {short(path)}, and a "
+                f"{kind} cannot share its object path. Try: another obj_path")
 
     def _add_files(self, files: list[tuple[str, Path]]) -> None:
         # Blobs first (content-addressed: a blob no row points to is harmless), then all rows
@@ -163,21 +172,10 @@ class Artifact:
     def upload(self, folder: str = "default", make_folder: bool = False,
                conflict_strategy: str = "new") -> None:
         """Upload this artifact to the server now."""
-        from runstore.config import check_conflict_strategy
         from runstore.remote import Client, upload_artifact
 
+        check_folder(folder)
         check_conflict_strategy(conflict_strategy)
         with Client.from_config() as client:
             upload_artifact(self._store, self.uuid, client, folder=folder,
                             make_folder=make_folder, conflict_strategy=conflict_strategy)
-
-
-def find_artifact_row(store: Store, ref: str) -> Any:
-    rows = store.read("SELECT * FROM artifacts WHERE uuid = ? OR alternative_name = ?",
-                      (ref, ref))
-    if not rows:
-        rows = store.read("SELECT * FROM artifacts WHERE name = ? ORDER BY id DESC LIMIT 1",
-                          (ref,))
-    if not rows:
-        raise NotFoundError(f"no artifact {ref!r} in the store {str(store.home)!r}")
-    return rows[0]

@@ -34,8 +34,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from runstore.errors import RunstoreError
-
-CONFLICT_STRATEGIES = ("skip", "error", "new", "replace")
+from runstore.rules import CONFLICT_STRATEGIES as CONFLICT_STRATEGIES
+from runstore.rules import check_conflict_strategy as check_conflict_strategy
 
 
 class ConfigError(RunstoreError):
@@ -61,12 +61,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc}). Try: fix or delete the file.") from exc
 
 
-def check_conflict_strategy(value: str) -> str:
-    if value not in CONFLICT_STRATEGIES:
-        raise ValueError(
-            f"conflict_strategy {value!r} is not one of skip, error, new, replace"
-        )
-    return value
 
 
 @dataclass

@@ -10,6 +10,18 @@ class RunstoreError(Exception):
     """Base class of every error runstore raises on purpose."""
 
 
+class InvalidInputError(RunstoreError, ValueError):
+    """A value refused by runstore.rules (the same rules on the SDK, wire and server)."""
+
+
+class InvalidValueError(InvalidInputError):
+    """A value of the right type that breaks a rule (too long, a bad character, ...)."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """A value of the wrong type (t9k raises TypeError there)."""
+
+
 class StoreError(RunstoreError):
     """The local store cannot be opened or written."""
 
@@ -20,6 +32,10 @@ class StoreFullError(StoreError):
 
 class NotFoundError(RunstoreError, LookupError):
     """A run or artifact that was asked for does not exist."""
+
+
+class AmbiguousError(NotFoundError):
+    """A reference (a name, a UUID prefix) matches several runs or artifacts."""
 
 
 class SQLError(RunstoreError):

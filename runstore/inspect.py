@@ -9,26 +9,20 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from runstore.errors import NotFoundError
-from runstore.run import read_metrics, remote_history
+from runstore.errors import AmbiguousError as AmbiguousRunError  # noqa: F401  (re-exported)
+from runstore.rows import MIN_UUID_PREFIX as MIN_UUID_PREFIX
+from runstore.rows import read_metrics, remote_history
+from runstore.rows import resolve_run as resolve_run
 from runstore.store import Store
 from runstore.timeutil import unix_from_iso
 
 STATUSES = ("Running", "Complete", "Error")
-# A UUID prefix shorter than this is more likely a typo than a reference.
-MIN_UUID_PREFIX = 4
-
-
-class AmbiguousRunError(NotFoundError):
-    """A run reference (a UUID prefix) matches more than one run."""
 
 
 @dataclass(frozen=True)
@@ -135,36 +129,6 @@ def filter_runs(runs: Iterable[RunSummary], *, status: str | None = None,
         and (name is None or fnmatch.fnmatchcase(r.name, name)
              or fnmatch.fnmatchcase(r.alternative_name, name))
     ]
-
-
-def resolve_run(store: Store, ref: str) -> sqlite3.Row:
-    """The runs row a reference names: a UUID, an alternative name, a name (the latest run
-    with it), a unique UUID prefix, or the run's local directory."""
-    if not isinstance(ref, str) or not ref:
-        raise NotFoundError(f"a run reference must be a non-empty name, alternative name or "
-                            f"UUID, not {ref!r}")
-    rows = store.read("SELECT * FROM runs WHERE uuid = ? OR alternative_name = ?", (ref, ref))
-    if not rows:
-        rows = store.read("SELECT * FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (ref,))
-    if not rows and len(ref) >= MIN_UUID_PREFIX and all(c in "0123456789abcdef-" for c in
-                                                         ref.lower()):
-        prefix = ref.lower().replace("-", "")
-        rows = store.read("SELECT * FROM runs WHERE substr(uuid, 1, ?) = ? ORDER BY id",
-                          (len(prefix), prefix))
-        if len(rows) > 1:
-            names = ", ".join(r["alternative_name"] for r in rows[:5])
-            raise AmbiguousRunError(
-                f"run reference {ref!r} matches {len(rows)} runs by UUID prefix ({names}"
-                f"{', ...' if len(rows) > 5 else ''}); Try: a longer prefix or the "
-                "alternative name")
-    if not rows and os.sep in ref and Path(ref).expanduser().is_dir():
-        rows = store.read("SELECT * FROM runs WHERE local_dir = ?",
-                          (str(Path(ref).expanduser().resolve()),))
-    if not rows:
-        raise NotFoundError(
-            f"no run {ref!r} in the store {str(store.home)!r} (not a name, alternative name "
-            "or UUID there); Try: runstore ls")
-    return rows[0]
 
 
 def _metric_summary(store: Store, run_id: int) -> list[dict[str, Any]]:

@@ -6,16 +6,12 @@ import json
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
+from runstore.rules import check_json_value
+
 
 def check_json(key: str, value: Any) -> None:
     """Raise TypeError naming key if value is not JSON-serialisable (NaN/inf are refused)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"hyperparameter {key!r} is not JSON-serialisable ({type(value).__name__}: {exc}); "
-            "use str, int, float, bool, None, lists or dicts of those"
-        ) from exc
+    check_json_value(value, f"hyperparameter {key!r}")
 
 
 class Params(MutableMapping):

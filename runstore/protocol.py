@@ -7,6 +7,11 @@ checked by :func:`decode_metric_rows` without building a model per row.
 Non-finite floats: JSON cannot carry NaN or infinities, so metric values travel as numbers when
 finite and as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` otherwise. A NULL value
 in a store (SQLite turns NaN into NULL) is NaN.
+
+Input rules: the request models below check names, folders, labels, descriptions, object
+paths and metric rows with runstore.rules, the functions the SDK calls at the call, so a value
+the SDK accepted is never refused here. Response models carry no rules (a server never fails to
+answer because of what it holds).
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runstore import rules
+from runstore.rules import INT64_MAX as INT64_MAX
+from runstore.rules import INT64_MIN as INT64_MIN
+from runstore.rules import MAX_METRIC_TEXT as MAX_METRIC_TEXT
 
 API_PREFIX = "/api/v1"
 PROTOCOL_VERSION = 1
@@ -29,8 +39,8 @@ MAX_BLOB_PART_BYTES = 64 * 1024 * 1024
 BLOB_PART_BYTES = 8 * 1024 * 1024
 METRIC_CHUNK_ROWS = 20_000
 MAX_METRIC_CHUNK_ROWS = 100_000
-# Integers are stored as SQLite/PostgreSQL 64-bit integers: anything wider is refused (422).
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Integers are stored as SQLite/PostgreSQL 64-bit integers: anything wider is refused (422)
+# (INT64_MIN, INT64_MAX come from runstore.rules).
 
 
 class Message(BaseModel):
@@ -119,11 +129,37 @@ class NodeClaim(Message):
     folder: str = Field(max_length=4096)
     conflict_strategy: ConflictStrategy
 
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return rules.check_uuid(value)
+
+    @field_validator("name", "alternative_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return rules.check_segment(value, "name")
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        rules.split_path(value)
+        return value
+
+
+def _check_metadata(meta: RunMetadata | ArtifactMetadata) -> None:
+    rules.check_labels(meta.labels)
+    rules.check_description(meta.description)
+
 
 class RunClaim(NodeClaim):
     """Claim a run by its client UUID; the server decides the outcome atomically."""
 
     metadata: RunMetadata
+
+    @model_validator(mode="after")
+    def _rules(self) -> RunClaim:
+        _check_metadata(self.metadata)
+        return self
 
 
 class ClaimResponse(Message):
@@ -170,6 +206,11 @@ class LineageUpdate(Lineage):
 class RunFinalize(Message):
     metric_count: int = Field(ge=0, le=INT64_MAX)
     metadata: RunMetadata
+
+    @model_validator(mode="after")
+    def _rules(self) -> RunFinalize:
+        _check_metadata(self.metadata)
+        return self
 
 
 class FinalizeResponse(Message):
@@ -242,6 +283,15 @@ class ArtifactClaim(NodeClaim):
     metadata: ArtifactMetadata
     objects: list[ArtifactObject]
 
+    @model_validator(mode="after")
+    def _rules(self) -> ArtifactClaim:
+        _check_metadata(self.metadata)
+        for obj in self.objects:
+            rules.check_object_path(obj.path)
+            if obj.uri is not None:
+                rules.check_uri(obj.uri)
+        return self
+
 
 class ArtifactDetail(Message):
     uuid: str
@@ -280,31 +330,41 @@ def decode_value(value: Any) -> float:
     return float(value)
 
 
-MAX_METRIC_TEXT = 256
-
-
 def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
     """Check wire rows; return tuples (type, key, step, epoch, value|None-for-NaN, timestamp).
 
-    Raises ValueError naming the first bad row. Cheap enough for the hot path.
+    Raises ValueError naming the first bad row. Cheap enough for the hot path: a type or key
+    is checked with runstore.rules once per chunk.
     """
     out: list[tuple] = []
     append = out.append
+    good: set[str] = set()
+    text_ok = rules.metric_text_ok
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != 6:
             raise ValueError(f"metric row {i} must be [type, key, step, epoch, value, timestamp]")
         type_, key, step, epoch, value, ts = row
-        if (type(type_) is not str or type(key) is not str or type(ts) is not str
-                or not 0 < len(type_) <= MAX_METRIC_TEXT or not 0 < len(key) <= MAX_METRIC_TEXT
-                or len(ts) > 64):
-            raise ValueError(f"metric row {i}: type, key and timestamp must be short strings")
+        if type(type_) is not str or type(key) is not str or type_ not in good \
+                or key not in good:
+            for text, check in ((type_, rules.check_metric_type), (key, rules.check_metric_key)):
+                if not text_ok(text):
+                    try:
+                        check(text)
+                    except ValueError as exc:
+                        raise ValueError(f"metric row {i}: {exc}") from None
+                good.add(text)
+        if type(ts) is not str or len(ts) > 64 or rules.storable_problem(ts):
+            raise ValueError(f"metric row {i}: the timestamp must be a short string")
         if type(step) is not int or (epoch is not None and type(epoch) is not int):
             raise ValueError(f"metric row {i}: step and epoch must be integers")
         if not INT64_MIN <= step <= INT64_MAX or (
                 epoch is not None and not INT64_MIN <= epoch <= INT64_MAX):
             raise ValueError(f"metric row {i}: step and epoch must fit in 64 bits")
         if type(value) is not float:
-            value = decode_value(value)
+            try:
+                value = decode_value(value)
+            except ValueError as exc:
+                raise ValueError(f"metric row {i}: {exc}") from None
         append((type_, key, step, epoch, None if value != value else value, ts))
     return out
 

@@ -9,36 +9,42 @@ import threading
 import time
 import uuid as _uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runstore import capture
-from runstore.errors import NotFoundError
 from runstore.lifecycle import install_exit_handlers
 from runstore.lineage import association_entry
 from runstore.names import alternative_name as make_alternative_name
-from runstore.names import check_name
 from runstore.params import Params, check_json
+from runstore.rows import associations as read_associations
+from runstore.rows import read_metrics, remote_history
+from runstore.rows import resolve_run as find_run_row
+from runstore.rules import (
+    INT64_MAX,
+    INT64_MIN,
+    check_alternative_name,
+    check_conflict_strategy,
+    check_description,
+    check_folder,
+    check_int64,
+    check_labels,
+    check_metric_key,
+    check_metric_type,
+    check_name,
+    short,
+)
 from runstore.store import Store, hostname
 from runstore.timeutil import now_iso
 from runstore.writer import MAX_BUFFERED_RECORDS, WAKE_AT_RECORDS, Writer, to_float
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["Run", "find_run_row", "read_metrics", "remote_history"]
 
 _str, _float, _int, _bool = str, float, int, bool
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1  # what SQLite stores
+_check_labels = check_labels
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
-
-
-def _check_labels(labels: Any) -> list[str]:
-    if labels is None:
-        return []
-    if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-        raise TypeError(f"labels must be a list of str, not {labels!r}")
-    return list(labels)
 
 
 class Run:
@@ -56,6 +62,9 @@ class Run:
         self._flush_lock = threading.RLock()
         self._tee: capture.StdoutTee | None = None
         self._owner_pid = os.getpid()
+        # Metric types and keys that passed rules.check_metric_*: checked once per run, not
+        # once per log() call (the hot path).
+        self._ok_text: set[str] = set()
         if _row is None:
             _row = self._insert(metadata, hparams or {}, platform, git)
         self._load_row(_row)
@@ -73,15 +82,16 @@ class Run:
                 platform: dict[str, Any] | None, git: dict[str, Any] | None) -> Any:
         name = check_name(metadata.get("name", "default"))
         labels = _check_labels(metadata.get("labels"))
-        description = metadata.get("description") or ""
-        if not isinstance(description, str):
-            raise TypeError(f"description must be a str, not {description!r}")
+        description = check_description(metadata.get("description"))
         for key, value in hparams.items():
             if not isinstance(key, str):
                 raise TypeError(f"hyperparameter names must be str, not {key!r}")
             check_json(key, value)
         target = metadata.get("_target", {})
+        check_folder(target.get("folder", "default"))
+        check_conflict_strategy(target.get("conflict_strategy", "new"))
         alt = metadata.get("alternativeName") or make_alternative_name(name)
+        check_alternative_name(alt)
         run_uuid = metadata.get("_uuid") or _uuid.uuid4().hex
         local_dir = self._store.run_dir(alt)
         pid, pid_start = capture.pid_identity()
@@ -163,17 +173,13 @@ class Run:
     def description(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"description must be a str, not {value!r}")
+        check_description(value)
         self._update_columns(description=value)
         self._description = value
 
     @property
     def associations(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {"input": [], "output": []}
-        for row in self._store.read(
-                "SELECT direction, entry FROM associations WHERE run_id = ? "
-                "ORDER BY direction, position", (self.id,)):
-            out[row["direction"]].append(json.loads(row["entry"]))
-        return out
+        return read_associations(self._store, self.id)
 
     asso = associations
 
@@ -207,21 +213,20 @@ class Run:
             raise RuntimeError(
                 f"run {self._alternative_name!r} is {self._status}; "
                 "load_run() it to log more")
-        if type.__class__ is not _str or not type:
-            raise TypeError(f"metric type must be a non-empty str, not {type!r}")
-        if step.__class__ is not _int:
-            step = _as_int("step", step)
-        if epoch is not None and epoch.__class__ is not _int:
-            epoch = _as_int("epoch", epoch)
-        if not _I64_MIN <= step <= _I64_MAX or (
-                epoch is not None and not _I64_MIN <= epoch <= _I64_MAX):
-            raise ValueError(f"step {step} / epoch {epoch}: must fit in a 64-bit integer")
+        ok = self._ok_text
+        if type.__class__ is not _str or type not in ok:
+            ok.add(check_metric_type(type))
+        if step.__class__ is not _int or not INT64_MIN <= step <= INT64_MAX:
+            step = check_int64(step, "step")
+        if epoch is not None and (epoch.__class__ is not _int
+                                  or not INT64_MIN <= epoch <= INT64_MAX):
+            epoch = check_int64(epoch, "epoch")
         values = {}
         try:
             for key, value in metrics.items():
                 cls = value.__class__
-                if key.__class__ is not _str:
-                    raise TypeError(f"metric names must be str, not {key!r}")
+                if key.__class__ is not _str or key not in ok:
+                    ok.add(check_metric_key(key))
                 if cls is _float:
                     values[key] = value
                 elif cls is _int or cls is _bool:
@@ -230,9 +235,11 @@ class Run:
                     values[key] = to_float(key, value)
         except AttributeError:
             raise TypeError(
-                f"metrics must be a dict of name -> number, not {metrics!r}") from None
+                f"metrics must be a dict of name -> number, not {short(metrics)}. "
+                "Try: run.log('train', {'loss': 0.1}, step=1)") from None
         except OverflowError:
-            raise TypeError(f"metric {key!r} is an integer too large for a float") from None
+            raise TypeError(f"metric {short(key)} is an integer too large for a float. "
+                            "Try: log float(value) of a smaller number") from None
         pending = self._pending
         pending.append((type, values, step, epoch, time.time()))
         if len(pending) >= WAKE_AT_RECORDS:
@@ -330,6 +337,7 @@ class Run:
             raise ValueError(f"not a Run dict: kind is {data.get('kind')!r}")
         name = check_name(data.get("name", self._name))
         labels = _check_labels(data.get("labels", self._labels))
+        description = check_description(data.get("description", self._description))
         status = data.get("status", self._status)
         if status not in ("Running", "Complete", "Error"):
             raise ValueError(f"status {status!r} is not Running, Complete or Error")
@@ -338,13 +346,14 @@ class Run:
                              f"{self._alternative_name!r}; use load_run() to go on with it")
         columns = {
             "name": name, "labels": _json(labels),
-            "description": data.get("description", self._description),
+            "description": description,
             "start_timestamp": data.get("startTimestamp", self._start),
             "end_timestamp": data.get("endTimestamp", self._end),
             "status": status,
         }
         alt = data.get("alternativeName", self._alternative_name)
         if alt != self._alternative_name:
+            check_alternative_name(alt)
             if self._store.read("SELECT 1 FROM runs WHERE alternative_name = ?", (alt,)):
                 raise ValueError(f"alternativeName {alt!r} belongs to another run in this "
                                  "store; use load_run() to open that run")
@@ -396,61 +405,12 @@ class Run:
     def upload(self, folder: str = "default", make_folder: bool = False,
                conflict_strategy: str = "new") -> None:
         """Upload this run (and its input/output artifacts) to the server now."""
-        from runstore.config import check_conflict_strategy
         from runstore.remote import Client, upload_run
 
+        check_folder(folder)
         check_conflict_strategy(conflict_strategy)
         if self._pending:
             self._writer.flush(self)
         with Client.from_config() as client:
             upload_run(self._store, self.uuid, client, folder=folder, make_folder=make_folder,
                        conflict_strategy=conflict_strategy)
-
-
-def _as_int(what: str, value: Any) -> int:
-    import operator
-
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, not {value!r}") from None
-
-
-def remote_history(store: Store, entity: str, entity_uuid: str) -> list[dict[str, Any]]:
-    return [
-        {"action": r["action"], "timestamp": r["timestamp"], "host": r["host"],
-         "path": r["path"], "id": r["remote_id"]}
-        for r in store.read(
-            "SELECT action, timestamp, host, path, remote_id FROM remote_history "
-            "WHERE entity = ? AND entity_uuid = ? ORDER BY id", (entity, entity_uuid))
-    ]
-
-
-def read_metrics(store: Store, run_id: int) -> dict[str, list[dict[str, Any]]]:
-    """Rebuild t9k's run.metrics from the long-format rows (one record per log() call)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    current: dict[str, Any] | None = None
-    current_key: tuple | None = None
-    conn = store.connection()
-    for type_, key, step, epoch, value, ts in conn.execute(
-            "SELECT type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ? "
-            "ORDER BY seq", (run_id,)):
-        group = (type_, step, epoch, ts)
-        if current is None or group != current_key or key in current["value"]:
-            current = {"value": {}, "sequence": {"epoch": epoch, "step": step, "timestamp": ts}}
-            current_key = group
-            out.setdefault(type_, []).append(current)
-        current["value"][key] = float("nan") if value is None else value
-    return out
-
-
-def find_run_row(store: Store, ref: str) -> Any:
-    """The runs row for a UUID, an alternative name, or a name (the latest run with it)."""
-    rows = store.read("SELECT * FROM runs WHERE uuid = ? OR alternative_name = ?", (ref, ref))
-    if not rows:
-        rows = store.read("SELECT * FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (ref,))
-    if not rows:
-        raise NotFoundError(
-            f"no run {ref!r} in the store {str(store.home)!r}; "
-            "`runstore ls` lists the runs there")
-    return rows[0]

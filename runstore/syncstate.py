@@ -137,7 +137,8 @@ def mark_synced(conn, run_uuid: str, remote_path: str, metrics_acked: int) -> No
 
 
 def requeue(store: Store, run_uuid: str | None = None, *, all_failed: bool = False) -> int:
-    """Put failed runs (one, or all) back to pending; returns how many."""
+    """Put failed runs (one by UUID: resolve a reference with runstore.rows.resolve_run first,
+    or all) back to pending; returns how many."""
     with store.write() as conn:
         if all_failed:
             cur = conn.execute(
@@ -146,9 +147,8 @@ def requeue(store: Store, run_uuid: str | None = None, *, all_failed: bool = Fal
         else:
             cur = conn.execute(
                 "UPDATE sync_state SET state = 'pending', next_attempt_at = NULL, attempts = 0,"
-                " updated_at = ? WHERE run_id IN (SELECT id FROM runs WHERE uuid = ? "
-                "OR alternative_name = ? OR name = ?) AND state != 'synced'",
-                (time.time(), run_uuid, run_uuid, run_uuid))
+                " updated_at = ? WHERE run_id IN (SELECT id FROM runs WHERE uuid = ?) "
+                "AND state != 'synced'", (time.time(), run_uuid))
         return cur.rowcount
 
 

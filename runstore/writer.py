@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from runstore.errors import StoreError
+from runstore.rules import short
 
 if TYPE_CHECKING:
     from runstore.run import Run
@@ -43,8 +44,8 @@ def to_float(key: str, value: Any) -> float:
     """float(value) for numbers, numpy/torch scalars and one-element arrays; else TypeError."""
     if isinstance(value, (str, bytes, bytearray)) or value is None or isinstance(value, dict):
         raise TypeError(
-            f"metric {key!r} has value {value!r} of type {type(value).__name__}; "
-            "log numbers (int, float, numpy or torch scalars) only")
+            f"metric {short(key)} has value {short(value)} of type {type(value).__name__}. "
+            "Try: log numbers (int, float, numpy or torch scalars) only")
     item = getattr(value, "item", None)
     if item is not None and getattr(value, "ndim", 0) != 0:
         size = getattr(value, "size", None)
@@ -53,13 +54,14 @@ def to_float(key: str, value: Any) -> float:
         if numel is not None:
             size = numel()
         if size != 1:
-            raise TypeError(f"metric {key!r} is an array of {size} elements; log one number")
+            raise TypeError(f"metric {short(key)} is an array of {size} elements. "
+                            "Try: log one number")
     try:
         return _float(item() if item is not None else value)
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"metric {key!r} has value {value!r} of type {type(value).__name__} that float() "
-            f"refuses ({exc}); log numbers only") from exc
+            f"metric {short(key)} has value {short(value)} of type {type(value).__name__} that "
+            f"float() refuses ({exc}). Try: log numbers only") from exc
 
 
 class TimestampFormatter:

@@ -208,7 +208,9 @@ def status_cmd(as_json: bool, include_synced: bool, home: Path | None) -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path))
 @_errors
 def retry_cmd(run: str | None, all_failed: bool, home: Path | None) -> None:
-    """Put a failed run (name, alternative name or UUID) or all failed runs back in the queue."""
+    """Put a failed run (UUID, alternative name, directory or unique name: the rule of
+    runstore.rows.resolve_run) or all failed runs back in the queue."""
+    from runstore.rows import resolve_run
     from runstore.store import Store
 
     if bool(run) == all_failed:
@@ -216,7 +218,8 @@ def retry_cmd(run: str | None, all_failed: bool, home: Path | None) -> None:
     settings = _load({"home": home})
     store = Store(settings.home)
     try:
-        n = syncstate.requeue(store, run, all_failed=all_failed)
+        uuid = None if run is None else resolve_run(store, run)["uuid"]
+        n = syncstate.requeue(store, uuid, all_failed=all_failed)
     finally:
         store.close()
     if n == 0 and run:

@@ -8,34 +8,18 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from runstore import inspect as runinfo
 from runstore import query
 from runstore.cli.base import main
-from runstore.errors import RunstoreError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors(fn: F) -> F:
-    """Turn library errors into click's one-line `Error: ...` with exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RunstoreError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
+from runstore.cli.base import user_errors as _user_errors
 
 
 def _store():

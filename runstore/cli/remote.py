@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from runstore.cli.base import main
-from runstore.config import CONFLICT_STRATEGIES
+from runstore.cli.base import main, user_errors
+from runstore.rules import CONFLICT_STRATEGIES
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar  # click's own annotations import it from here
@@ -21,15 +21,12 @@ PROGRESS_MIN_UNITS = 1_000_000  # show a bar when an upload moves more than this
 @click.option("--host", required=True, help="Server URL, e.g. http://127.0.0.1:8750")
 @click.option("--token", required=True, help="API token from `runstore user add`.")
 @click.option("--timeout", type=float, default=None, help="Request timeout in seconds.")
+@user_errors
 def login(host: str, token: str, timeout: float | None) -> None:
     """Check a server token and store it (credentials.toml, mode 0600)."""
     from runstore import remote
-    from runstore.errors import RunstoreError
 
-    try:
-        remote.login(host, token, timeout)
-    except (RunstoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    remote.login(host, token, timeout)
     click.echo(f"logged in to {host}")
 
 
@@ -75,16 +72,14 @@ class _Bar:
 @click.option("-c", "--conflict-strategy", default="new", show_default=True,
               type=click.Choice(CONFLICT_STRATEGIES),
               help="When the folder already holds that name.")
+@user_errors
 def upload(path: str, folder: str, make_folder: bool, conflict_strategy: str) -> None:
     """Upload a run or artifact (a local dir, a parent dir of several, or a name)."""
     from runstore import remote
-    from runstore.errors import RunstoreError
 
     bar = _Bar()
     try:
         results = remote.upload(path, folder, make_folder, conflict_strategy, progress=bar)
-    except (RunstoreError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         bar.close()
     for r in results:

@@ -14,6 +14,7 @@ from runstore.remote.upload import (
     DivergedError,
     FolderNotFoundError,
     LocalDataError,
+    StoredValueError,
     UploadResult,
     ensure_folder,
     upload_artifact,
@@ -22,6 +23,7 @@ from runstore.remote.upload import (
 
 __all__ = [
     "Client", "UploadResult", "FolderNotFoundError", "DivergedError", "LocalDataError",
+    "StoredValueError",
     "upload_run", "upload_artifact", "upload", "login", "logout", "list_remote", "download_run",
     "download_artifact", "ensure_folder", "resolve_targets",
 ]

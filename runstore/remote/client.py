@@ -24,14 +24,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from runstore import rules
 from runstore.errors import (
     ConflictError,
     NotLoggedInError,
     PermanentRemoteError,
     TransientRemoteError,
 )
-
-API_PREFIX = "/api/v1"  # == runstore.protocol.API_PREFIX (kept here to keep imports light)
+from runstore.protocol import API_PREFIX
 
 
 class _Retryable(Exception):
@@ -195,7 +195,4 @@ class Client:
 
     def folder_path(self, folder: str) -> str:
         """t9k's rule: a folder without a leading '/' is under /<user>/."""
-        folder = folder.strip()
-        if folder.startswith("/"):
-            return folder.rstrip("/") or "/"
-        return f"/{self.user}/{folder.strip('/')}" if folder.strip("/") else f"/{self.user}"
+        return rules.folder_path(folder, self.user)

@@ -9,8 +9,10 @@ import os
 import tempfile
 from typing import Any
 
-from runstore.errors import NotFoundError, PermanentRemoteError
+from runstore.errors import InvalidInputError, NotFoundError, PermanentRemoteError
+from runstore.protocol import decode_value
 from runstore.remote.client import Client
+from runstore.rules import check_object_path, check_sha256
 from runstore.store import Store
 from runstore.timeutil import now_iso
 
@@ -94,8 +96,6 @@ def download_artifact(store: Store, path: str, client: Client) -> str:
 
 
 def _download_artifact_uuid(store: Store, uuid: str, client: Client) -> str:
-    from runstore.server.paths import BadPath, check_object_path, check_sha256
-
     if store.read("SELECT 1 FROM artifacts WHERE uuid = ?", (uuid,)):
         return uuid
     detail = client.request("GET", f"/artifacts/{uuid}")
@@ -104,7 +104,7 @@ def _download_artifact_uuid(store: Store, uuid: str, client: Client) -> str:
             check_object_path(obj["path"])
             if obj["kind"] == "file":
                 check_sha256(obj["sha256"])
-        except BadPath as exc:
+        except InvalidInputError as exc:
             raise PermanentRemoteError(f"artifact {detail['path']}: {exc}") from exc
     for obj in detail["objects"]:
         if obj["kind"] == "file":
@@ -134,9 +134,9 @@ def _download_artifact_uuid(store: Store, uuid: str, client: Client) -> str:
 
 
 def _decode(value: Any) -> float | None:
-    if isinstance(value, str):
-        return {"NaN": None, "Infinity": float("inf"), "-Infinity": float("-inf")}[value]
-    return float(value)
+    """A wire value (protocol's codec) as stored locally: NaN is NULL."""
+    number = decode_value(value)
+    return None if number != number else number
 
 
 def download_run(store: Store, path: str, client: Client) -> str:

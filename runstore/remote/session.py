@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runstore.config import (
-    check_conflict_strategy,
-    delete_credentials,
-    load_config,
-    save_credentials,
-)
-from runstore.errors import NotFoundError
+from runstore.config import delete_credentials, load_config, save_credentials
+from runstore.errors import AmbiguousError, InvalidValueError, NotFoundError
 from runstore.remote.client import Client
 from runstore.remote.upload import Progress, UploadResult, upload_artifact, upload_run
+from runstore.rows import resolve_artifact, resolve_run
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.store import Store
 
 
@@ -24,8 +21,8 @@ def login(ais_host: str | None = None, api_key: str | None = None,
     host = ais_host or config.host
     token = api_key or config.token
     if not host or not token:
-        raise ValueError("login needs ais_host and api_key (the server URL and a token from "
-                         "`runstore user add`)")
+        raise InvalidValueError("login needs ais_host and api_key. Try: the server URL and a "
+                                "token from `runstore user add`")
     with Client(host, token, timeout_s=timeout or config.timeout_s, max_attempts=2) as client:
         client.request("GET", "/whoami")
         host = client.host
@@ -38,8 +35,16 @@ def logout() -> None:
 
 
 def resolve_targets(store: Store, path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """('Run'|'Artifact', uuid) for a run/artifact dir, a parent of several, or a name."""
+    """('Run'|'Artifact', uuid) for a run/artifact dir, a parent of several, or a reference
+    resolved by runstore.rows' one rule (runs first, then artifacts)."""
     text = os.fspath(path)
+    for kind, resolver in (("Run", resolve_run), ("Artifact", resolve_artifact)):
+        try:
+            return [(kind, resolver(store, text)["uuid"])]
+        except AmbiguousError:
+            raise
+        except NotFoundError:
+            pass
     candidate = Path(text).expanduser()
     if candidate.is_dir():
         found = _by_dir(store, candidate.resolve())
@@ -51,25 +56,8 @@ def resolve_targets(store: Store, path: str | os.PathLike[str]) -> list[tuple[st
             return targets
         raise NotFoundError(f"{text!r} holds no run or artifact of the local store "
                             f"{store.home}")
-    rows = store.read("SELECT uuid FROM runs WHERE alternative_name = ? OR uuid = ?",
-                      (text, text))
-    if rows:
-        return [("Run", rows[0]["uuid"])]
-    rows = store.read("SELECT uuid FROM artifacts WHERE alternative_name = ? OR uuid = ?",
-                      (text, text))
-    if rows:
-        return [("Artifact", rows[0]["uuid"])]
-    runs = store.read("SELECT uuid, alternative_name FROM runs WHERE name = ? ORDER BY id",
-                      (text,))
-    arts = store.read("SELECT uuid, alternative_name FROM artifacts WHERE name = ? ORDER BY id",
-                      (text,))
-    if len(runs) + len(arts) == 1:
-        return [("Run", runs[0]["uuid"])] if runs else [("Artifact", arts[0]["uuid"])]
-    if runs or arts:
-        names = ", ".join(r["alternative_name"] for r in [*runs, *arts][:5])
-        raise ValueError(f"{text!r} names several runs/artifacts ({names}); give the "
-                         "alternative name")
-    raise NotFoundError(f"no run or artifact {text!r} in the local store {store.home}")
+    raise NotFoundError(f"no run or artifact {text!r} in the local store {store.home}. "
+                        "Try: runstore ls")
 
 
 def _by_dir(store: Store, directory: Path) -> tuple[str, str] | None:
@@ -88,12 +76,14 @@ def upload(path: str | os.PathLike[str], folder: str = "default", make_folder: b
            ) -> list[UploadResult]:
     """t9k's upload(path, ...): one run/artifact, a parent dir of several, or a name."""
     check_conflict_strategy(conflict_strategy)
+    check_folder(folder)
+    store = store or Store()
+    targets = resolve_targets(store, path)  # a bad reference is refused before connecting
     own_client = client is None
     client = client or Client.from_config()
-    store = store or Store()
     try:
         results = []
-        for kind, uuid in resolve_targets(store, path):
+        for kind, uuid in targets:
             if kind == "Run":
                 results.append(upload_run(store, uuid, client, folder=folder,
                                           make_folder=make_folder,

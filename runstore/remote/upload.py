@@ -14,16 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runstore.config import check_conflict_strategy
+from runstore import rules
 from runstore.errors import PermanentRemoteError, RunstoreError
-from runstore.protocol import encode_metric_row
+from runstore.protocol import BLOB_PART_BYTES, METRIC_CHUNK_ROWS, encode_metric_row
 from runstore.remote.client import Client
-from runstore.run import remote_history
+from runstore.rows import remote_history
+from runstore.rules import check_conflict_strategy
 from runstore.store import Store
 from runstore.timeutil import now_iso
 
-METRIC_CHUNK_ROWS = 20_000          # == protocol.METRIC_CHUNK_ROWS
-BLOB_PART_BYTES = 8 * 1024 * 1024   # == protocol.BLOB_PART_BYTES
 _READ_BYTES = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -39,6 +38,27 @@ class DivergedError(PermanentRemoteError):
 
 class LocalDataError(RunstoreError):
     """The local store lacks something the upload needs (a run, an artifact or a blob)."""
+
+
+class StoredValueError(LocalDataError):
+    """A value already in the store breaks the rules the server applies (written by an older
+    SDK or by hand): uploading cannot succeed, so it is refused before anything is sent, and
+    syncd marks the run failed (never an endless retry). `runstore doctor` lists them all."""
+
+    def __init__(self, kind: str, alt: str, field: str, message: str) -> None:
+        what = message.split(". Try: ")[0]
+        super().__init__(f"{kind} {alt!r} cannot be uploaded: its {field} breaks the "
+                         f"server's rules: {what}. Try: `runstore doctor` says how to fix it, "
+                         "then `syncd retry` (or upload again)")
+        self.field = field
+
+
+def check_stored(kind: str, row: Any) -> None:
+    """StoredValueError naming the first column of an artifacts row the server refuses."""
+    problems = rules.artifact_row_problems(row)
+    if problems:
+        field, message = problems[0]
+        raise StoredValueError(kind, row["alternative_name"], field, message)
 
 
 @dataclass(frozen=True)
@@ -168,9 +188,19 @@ def push_artifact(client: Client, store: Store, artifact_uuid: str, folder_path:
                   strategy: str, tally: _Tally) -> dict[str, Any]:
     """Blobs the server lacks, then the artifact claim (metadata + objects)."""
     art = _artifact_row(store, artifact_uuid)
+    check_stored("artifact", art)
     objects = [dict(r) for r in store.read(
         "SELECT path, kind, sha256, size_bytes, uri FROM artifact_objects WHERE artifact_id = ? "
         "ORDER BY path", (art["id"],))]
+    for obj in objects:
+        try:
+            rules.check_object_path(obj["path"])
+            if obj["uri"] is not None:
+                rules.check_uri(obj["uri"])
+        except rules.InvalidInputError as exc:
+            field = "object path" if "object path" in str(exc) else "reference uri"
+            raise StoredValueError("artifact", art["alternative_name"], field,
+                                   str(exc)) from None
     sizes = {o["sha256"]: o["size_bytes"] for o in objects if o["kind"] == "file"}
     if sizes:
         missing = client.request("POST", "/blobs/missing", json={"sha256": sorted(sizes)})
@@ -273,6 +303,7 @@ def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, e
     conn = store.connection()
     server_count = start
     gaps = 0
+    good: set[str] = set()
     while server_count < end:
         rows = conn.execute(
             "SELECT type, key, step, epoch, value, timestamp FROM metrics "
@@ -281,6 +312,7 @@ def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, e
         if not rows:
             raise LocalDataError(f"run {run_uuid}: metric rows from seq {server_count} are "
                                  "missing locally")
+        _check_metric_text(run, rows, good)
         body = _metric_body(server_count, rows)
         del rows
         try:
@@ -296,6 +328,22 @@ def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, e
         tally.advance(ack["metric_count"] - server_count)
         server_count = ack["metric_count"]
     return server_count
+
+
+def _check_metric_text(run: Any, rows: list, good: set[str]) -> None:
+    """StoredValueError for the first metric type or key of rows the server would refuse."""
+    for type_, key, *_ in rows:
+        for field, text in (("metric type", type_), ("metric key", key)):
+            if text not in good:
+                if not rules.metric_text_ok(text):
+                    check = (rules.check_metric_type if field == "metric type"
+                             else rules.check_metric_key)
+                    try:
+                        check(text)
+                    except rules.InvalidInputError as exc:
+                        raise StoredValueError("run", run["alternative_name"], field,
+                                               str(exc)) from None
+                good.add(text)
 
 
 def _lineage(store: Store, run) -> dict[str, list]:
@@ -314,8 +362,19 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
                progress: Progress | None = None) -> UploadResult:
     """Upload one run (metadata, metrics, its artifacts, lineage); safe to repeat."""
     run = _run_row(store, run_uuid)
+    # The stored columns the server will see (a target given here overrides the stored one).
+    overridden = {"folder"} if folder is not None else set()
+    if conflict_strategy is not None:
+        overridden.add("conflict_strategy")
+    problems = [p for p in rules.run_row_problems(run) if p[0] not in overridden]
+    if problems:
+        raise StoredValueError("run", run["alternative_name"], *problems[0])
     strategy = check_conflict_strategy(conflict_strategy or run["conflict_strategy"])
     folder = run["folder"] if folder is None else folder
+    try:
+        rules.check_folder(folder)
+    except rules.InvalidInputError as exc:  # syncd passes the run's own target as folder=
+        raise StoredValueError("run", run["alternative_name"], "folder", str(exc)) from None
     make_folder = bool(run["make_folder"]) if make_folder is None else make_folder
     finished = run["status"] in ("Complete", "Error")
     # Rows that exist now; a Running run may log more, they go up next time.

@@ -59,8 +59,10 @@ def test_bad_step_and_type():
     run = em.create_run(name="r")
     with pytest.raises(TypeError, match="step must be an int"):
         run.log("train", {"x": 1.0}, step=1.5)
-    with pytest.raises(TypeError, match="metric type"):
+    with pytest.raises(ValueError, match="metric type '' is empty"):
         run.log("", {"x": 1.0}, step=1)
+    with pytest.raises(TypeError, match="metric type must be a str"):
+        run.log(3, {"x": 1.0}, step=1)
     with pytest.raises(TypeError, match="metrics must be a dict"):
         run.log("train", [1.0], step=1)
     run.finish()

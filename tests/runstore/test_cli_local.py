@@ -162,11 +162,13 @@ def test_ls_remote_lists_a_server_folder(monkeypatch):
 # -- describe ----------------------------------------------------------------------------------
 def test_describe_by_name_alternative_name_uuid_and_prefix(sweep):
     latest_mnist = sweep[1]
-    for ref in ("mnist", latest_mnist.alternative_name, latest_mnist.uuid,
-                latest_mnist.uuid[:8]):
+    for ref in (latest_mnist.alternative_name, latest_mnist.uuid, latest_mnist.uuid[:8]):
         result = invoke("describe", ref)
         assert result.exit_code == 0, result.output
         assert f"Alternative name:  {latest_mnist.alternative_name}" in result.stdout.splitlines()
+    # Two runs are named mnist: the name is ambiguous (runstore.rows' one rule).
+    result = invoke("describe", "mnist")
+    assert result.exit_code == 1 and "2 runs are named 'mnist'" in result.stderr
 
 
 def test_describe_summary(sweep):
@@ -241,8 +243,8 @@ def test_describe_unknown_run_is_one_error_line(sweep):
     result = invoke("describe", "nope")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
-        f"Error: no run 'nope' in the store {str(Store().home)!r} (not a name, alternative "
-        "name or UUID there); Try: runstore ls"]
+        f"Error: no run 'nope' in the store {str(Store().home)!r} (not a UUID, alternative "
+        "name, directory or name there). Try: runstore ls"]
 
 
 def test_describe_ambiguous_prefix(store):
@@ -254,7 +256,7 @@ def test_describe_ambiguous_prefix(store):
     assert result.exit_code == 1
     assert result.stderr == (
         f"Error: run reference 'abcd' matches 2 runs by UUID prefix ({runs[0].alternative_name}"
-        f", {runs[1].alternative_name}); Try: a longer prefix or the alternative name\n")
+        f", {runs[1].alternative_name}). Try: a longer prefix or the alternative name\n")
 
 
 def test_describe_without_run_is_a_usage_error():

@@ -434,7 +434,7 @@ def test_status_and_retry(store: Store) -> None:
     result = runner.invoke(main, ["retry"])
     assert result.exit_code == 2 and "give either RUN or --all-failed" in result.output
     result = runner.invoke(main, ["retry", "nosuchrun"])
-    assert result.exit_code == 1 and "no unsynced run 'nosuchrun'" in result.output
+    assert result.exit_code == 1 and "no run 'nosuchrun'" in result.output
     result = runner.invoke(main, ["retry", "--all-failed"])
     assert (result.exit_code, result.output) == (0, "requeued 1 run(s)\n")
     entry = syncstate.get(store, failed)
