@@ -52,6 +52,8 @@ def page(browser) -> Iterator:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda msg: errors.append(msg.text)
+          if msg.type == "error" and "Content-Security-Policy" in msg.text else None)
     pg.set_default_timeout(15_000)
     yield pg
     context.close()

@@ -195,7 +195,8 @@ def test_hostile_values_are_text(page, server_ui) -> None:
     assert page.evaluate("window.__pwned") is None
     shot(page, "server-runs-hostile-columns")
     hostile_uuid = server_ui.seeded.runs["hostile"]
-    page.goto(f"{base}/ui/run/{hostile_uuid}")
+    response = page.goto(f"{base}/ui/run/{hostile_uuid}")
+    assert "script-src 'self';" in response.headers["content-security-policy"]
     wait_charts(page)
     assert page.evaluate("window.__pwned") is None
     labels = page.locator(".page-head .labels .label").all_inner_texts()
