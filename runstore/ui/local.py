@@ -98,6 +98,15 @@ class LocalData:
                                 "ORDER BY folder").fetchall()
         return [Folder(path, n, 0) for path, n in rows]
 
+    def recent_runs(self, limit: int) -> list[RunRow]:
+        """The store's latest runs, any folder (newest first)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT uuid, name, folder, alternative_name, status, start_timestamp, "
+                "end_timestamp, labels FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [RunRow(uuid, name, f"{folder}/{alt}", status, start, end, json.loads(labels),
+                       {}, {}) for uuid, name, folder, alt, status, start, end, labels in rows]
+
     def runs(self, q: RunsQuery) -> RunsPage:
         cond, args = ["r.folder = ?"], [q.folder]
         if q.status:

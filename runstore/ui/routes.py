@@ -24,6 +24,7 @@ from runstore.ui.data import PAGE_SIZES, STATUSES, MetricRef, NotFound, RunsQuer
 HERE = Path(__file__).parent
 PREFIX = "/ui"
 STDOUT_TAIL_BYTES = 64 * 1024
+RECENT_RUNS = 10
 TYPE_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
@@ -80,8 +81,8 @@ def build_router(get_data: Callable[[Request], UIData], *,
     @router.get(PREFIX + "/", include_in_schema=False)
     def home(request: Request) -> Response:
         data = get_data(request)
-        folders = data.folders()
-        return page(request, "folders.html", folders=folders, data_note=data.read_only_note)
+        return page(request, "folders.html", folders=data.folders(),
+                    recent=data.recent_runs(RECENT_RUNS), data_note=data.read_only_note)
 
     @router.get(PREFIX + "/folder", include_in_schema=False)
     def folder(request: Request, path: str = Query(max_length=4096)) -> Response:

@@ -72,6 +72,18 @@ class ServerData:
                 .where(f.owner_id == self.user.id).order_by(f.path)).all()
         return [Folder(path, n_runs, n_arts) for path, n_runs, n_arts in rows]
 
+    def recent_runs(self, limit: int) -> list[RunRow]:
+        """The user's latest runs, any folder (newest first)."""
+        r = db.runs.c
+        with self.database.read() as conn:
+            rows = conn.execute(
+                select(r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
+                       r.end_timestamp, r.labels, db.folders.c.path)
+                .join(db.folders, db.folders.c.id == r.folder_id)
+                .where(r.owner_id == self.user.id).order_by(r.id.desc()).limit(limit)).all()
+        return [RunRow(x.uuid, x.run_name, f"{x.path}/{x.name}", x.status, x.start_timestamp,
+                       x.end_timestamp, json.loads(x.labels), {}, {}) for x in rows]
+
     def _folder_id(self, conn: Connection, path: str) -> int:
         row = conn.execute(select(db.folders.c.id).where(
             db.folders.c.path == path, db.folders.c.owner_id == self.user.id)).first()

@@ -67,6 +67,8 @@ def test_login_sort_filter_run_chart_zoom(page, server_ui) -> None:
 
     login(page, base, server_ui.alice)
     assert page.locator(".user").inner_text() == "alice"
+    assert sorted(page.locator("#recent a.run-link").all_inner_texts()) == sorted(
+        server_ui.seeded.runs)  # the latest runs: alice's five, none of bob's
     shot(page, "server-folders")
     page.click("a.folder:has-text('/alice/vision')")
     page.wait_for_url(re.compile(r"/ui/folder\?path=(%2F|/)alice(%2F|/)vision"))
@@ -175,7 +177,8 @@ def test_another_users_run_is_not_found(page, server_ui) -> None:
                  "/ui/folder?path=%2Fbob%2Fprivate",
                  f"/ui/compare?run={server_ui.bob_run}"):
         assert page.goto(base + path).status == 404, path
-    assert "/bob" not in page.goto(base + "/ui/").text()  # folders: only alice's
+    home = page.goto(base + "/ui/").text()
+    assert "/bob" not in home and "bobs-secret" not in home  # folders, latest runs: alice's
     # bob sees his own run
     page.context.clear_cookies()
     login(page, base, server_ui.bob, then=f"/ui/run/{server_ui.bob_run}")
