@@ -147,15 +147,12 @@ class ServerData:
             order.append(r.id.desc() if q.desc else r.id.asc())
             rows = conn.execute(stmt.order_by(*order).limit(q.page_size)
                                 .offset((q.page - 1) * q.page_size)).all()
-            recent = (select(r.id, r.hparams).where(r.folder_id == folder_id)
-                      .order_by(r.id.desc()).limit(_SAMPLE_RUNS).subquery())
-            sample = conn.execute(select(recent.c.hparams)).scalars().all()
+            sample = conn.execute(select(r.id, r.hparams, r.labels).where(
+                r.folder_id == folder_id).order_by(r.id.desc()).limit(_SAMPLE_RUNS)).all()
             refs = conn.execute(select(ms.type, ms.key).where(
-                ms.run_id.in_(select(recent.c.id))).group_by(ms.type, ms.key)
+                ms.run_id.in_([x.id for x in sample])).group_by(ms.type, ms.key)
                 .order_by(func.count().desc(), ms.type, ms.key)).all()
-            labels = conn.execute(select(r.labels).where(r.folder_id == folder_id)
-                                  .order_by(r.id.desc()).limit(_SAMPLE_RUNS)).scalars().all()
-            keys = common_keys(flatten(json.loads(doc)) for doc in sample)
+            keys = common_keys(flatten(json.loads(x.hparams)) for x in sample)
             metric_refs = [MetricRef(t, k) for t, k in refs]
             if q.default_columns:
                 q.hparams, q.metrics = keys[:4], default_metrics(metric_refs)
@@ -169,7 +166,7 @@ class ServerData:
                         summaries[x.run_id][MetricRef(x.type, x.key)] = SeriesSummary(
                             x.n, x.nan_count, x.min_value, x.max_value, x.last_value,
                             x.last_step)
-        label_set = sorted({x for doc in labels for x in json.loads(doc)})
+        label_set = sorted({label for x in sample for label in json.loads(x.labels)})
         out = [RunRow(row.uuid, row.run_name, f"{q.folder}/{row.name}", row.status,
                       row.start_timestamp, row.end_timestamp, json.loads(row.labels),
                       flatten(json.loads(row.hparams)), summaries[row.id]) for row in rows]
