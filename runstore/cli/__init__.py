@@ -6,6 +6,7 @@ server.py   serve (also --workers N), user
 scale.py    server migrate                (SQLite + directory -> PostgreSQL + S3)
 doctor.py   doctor                        (stored values the server would refuse)
 transfer.py export, import                (bundles across an air gap; t9k .em directories)
+ui.py       ui                            (the web UI over the local store)
 """
 
 from runstore.cli import (  # noqa: F401  (registers the commands)
@@ -15,6 +16,7 @@ from runstore.cli import (  # noqa: F401  (registers the commands)
     scale,
     server,
     transfer,
+    ui,
 )
 from runstore.cli.base import main
 

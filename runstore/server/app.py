@@ -7,8 +7,9 @@ them into request validation and an OpenAPI document for free, it streams reques
 Two guards wrap every route, in a plain ASGI middleware so that no route can skip them:
 * a body size limit, enforced on Content-Length up front and on the bytes as they stream in
   (413 before anything is buffered);
-* bearer-token authentication for every path except PUBLIC_PATHS, and under t9k.PREFIX (the
-  t9k compatibility API) authentication by the ``apikey=`` query parameter only.
+* bearer-token authentication for every path except PUBLIC_PATHS; under t9k.PREFIX (the
+  t9k compatibility API) authentication by the ``apikey=`` query parameter only; the web UI's
+  paths (``/`` and ``/ui/...``, runstore/ui/apps.py) log in with a session cookie instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
+from runstore.ui.apps import mount_server_ui
+from runstore.ui.routes import is_ui_path
 
 API = p.API_PREFIX
 # The only paths served without a token: liveness, and the API description (no data in it).
@@ -75,7 +78,7 @@ class Gate:
             refused = await run_in_threadpool(t9k.authenticate, self.database, scope)
             if refused is not None:
                 return await refused(scope, receive, send)
-        elif path not in PUBLIC_PATHS:
+        elif path not in PUBLIC_PATHS and not is_ui_path(path):
             auth = headers.get(b"authorization")
             try:
                 user = await run_in_threadpool(
@@ -274,6 +277,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         return read(artifacts.artifact_detail, _user(request), uuid)
 
     t9k.register(app, database, blob_store, data_dir)
+    mount_server_ui(app, database, blob_store)
     return app
 
 

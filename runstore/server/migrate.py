@@ -106,6 +106,10 @@ def _copy_tables(source: db.Database, target: db.Database,
         for table in db.metadata.sorted_tables:
             if table is db.metrics:
                 n = _copy_metrics(src, dst)
+            elif table in (db.metric_series, db.metric_rollups, db.ui_sessions):
+                # the series summaries and rollups are rebuilt by insert_metric_rows as the
+                # metric rows go in; UI sessions are not carried over (users sign in again)
+                continue
             else:
                 n = 0
                 order = list(table.primary_key.columns) or list(table.columns)
