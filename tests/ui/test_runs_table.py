@@ -45,7 +45,7 @@ def server_data(tmp_path: Path, url: str | None = None,
                 created_at=0, updated_at=0))
             if s["acc"] is not None:
                 db.insert_metric_rows(conn, run, 0, [("val", "acc", 1, None, s["acc"], "t")])
-    return ServerData(database, User(user, "u"), lambda sha: sha), database
+    return ServerData(database, User(user, "u")), database
 
 
 def local_data(tmp_path: Path) -> LocalData:
