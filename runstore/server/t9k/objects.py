@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from runstore.server import db
@@ -70,7 +70,7 @@ async def _put_blob(request: Request, fh, sha: str, size: int) -> None:
     """The file's bytes into the server's blob store (owned by the uploading user)."""
     blobs = request.app.state.blobs
     user_id = request.state.user.id
-    status = await run_in_threadpool(blobs.status, user_id, sha, size)
+    status = await blobs.status(user_id, sha, size)
     if status.complete:
         return
     await run_in_threadpool(fh.seek, status.offset)
@@ -172,10 +172,11 @@ async def get_object(request: Request):
     obj = await read(request, _object, path)
     if isinstance(obj, bytes):
         return Response(obj, media_type="application/octet-stream")
-    blob = request.app.state.blobs.path(obj[1])
-    if not blob.exists():
+    blobs = request.app.state.blobs  # a local directory or S3 (blobs.py): streamed either way
+    if not await blobs.exists(obj[1]):
         raise T9kError(404, f"object not found [{path}]")
-    return FileResponse(blob, media_type="application/octet-stream")
+    return StreamingResponse(blobs.read(obj[1]), media_type="application/octet-stream",
+                             headers={"Content-Length": str(obj[2])})
 
 
 # -- multipart uploads (files over 100 MiB) --------------------------------------------------
