@@ -136,15 +136,17 @@ def test_a_missing_path_says_so(tmp_path: Path):
     out = cli("import", str(tmp_path / "nowhere"), home=tmp_path / "gateway")
     assert (out.returncode, out.stderr) == (
         1, f"Error: {str(tmp_path / 'nowhere')!r} does not exist. Try: the path of a bundle "
-        "directory (or of the directory holding bundles).\n")
+        "directory (or of the directory holding bundles), or of a t9k .em directory.\n")
 
 
-def test_not_a_bundle_says_so(tmp_path: Path):
-    (tmp_path / "somedir").mkdir()
-    out = cli("import", str(tmp_path / "somedir"), home=tmp_path / "gateway")
-    assert out.returncode == 1
-    assert out.stderr.startswith(f"Error: {str(tmp_path / 'somedir')!r} is not a runstore "
-                                 "bundle")
+def test_a_file_is_neither_a_bundle_nor_an_em_directory(tmp_path: Path):
+    """(A directory that is no bundle goes to the t9k .em importer: tests/t9k.)"""
+    (tmp_path / "notes.txt").write_text("hello")
+    out = cli("import", str(tmp_path / "notes.txt"), home=tmp_path / "gateway")
+    assert (out.returncode, out.stderr) == (
+        1, f"Error: {str(tmp_path / 'notes.txt')!r} is neither a runstore bundle nor a t9k .em "
+        "directory. Try: a directory written by `runstore export`, or a .em, run or artifact "
+        "directory.\n")
 
 
 LOGGER = """

@@ -140,7 +140,7 @@ def test_two_processes_import_one_bundle_at_once(tmp_path: Path, server, alice, 
     assert_server_holds(client, source, uuids)
 
 
-KILLS = int(os.environ.get("RUNSTORE_TEST_IMPORT_KILLS", "4" if os.environ.get("CI") else "6"))
+KILLS = int(os.environ.get("RUNSTORE_TEST_IMPORT_KILLS", "3" if os.environ.get("CI") else "6"))
 
 
 def test_import_killed_at_random_points_then_rerun_is_exactly_once(tmp_path: Path, server,
