@@ -172,13 +172,11 @@ async def get_object(request: Request):
     obj = await read(request, _object, path)
     if isinstance(obj, bytes):
         return Response(obj, media_type="application/octet-stream")
-    blobs = request.app.state.blobs
+    blobs = request.app.state.blobs  # a local directory or S3 (blobs.py): streamed either way
     if not await blobs.exists(obj[1]):
         raise T9kError(404, f"object not found [{path}]")
-    # streamed from whichever backend holds the blobs (a directory or an S3 bucket)
-    headers = {"Content-Length": str(obj[2])} if obj[2] is not None else None
     return StreamingResponse(blobs.read(obj[1]), media_type="application/octet-stream",
-                             headers=headers)
+                             headers={"Content-Length": str(obj[2])})
 
 
 # -- multipart uploads (files over 100 MiB) --------------------------------------------------
