@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import Integer, func, select, text
 
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.blobs import Backend, LocalBackend, open_backend
 
 BATCH = 5_000
@@ -141,7 +141,7 @@ def _copy_metrics(src, dst) -> int:
 
     def flush() -> None:
         if rows and run_id is not None:
-            db.insert_metric_rows(dst, run_id, first, rows)
+            metricrows.insert_metric_rows(dst, run_id, first, rows)
 
     for r in result:
         if r.run_id != run_id or len(rows) >= METRIC_BATCH or r.seq != first + len(rows):

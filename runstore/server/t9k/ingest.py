@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from runstore import protocol as p
 from runstore import t9kfiles
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.service import dumps
 from runstore.server.t9k import render
 from runstore.t9kfiles import json_safe, load_yaml, metric_records
@@ -110,7 +110,7 @@ def _ingest_metrics(conn: Connection, run: Any, key: str, data: bytes) -> bool:
         return True
     rows = [row for record in fresh for row in record]
     count = conn.execute(select(db.runs.c.metric_count).where(db.runs.c.id == run.id)).scalar_one()
-    db.insert_metric_rows(conn, run.id, count, rows)
+    metricrows.insert_metric_rows(conn, run.id, count, rows)
     conn.execute(update(db.runs).where(db.runs.c.id == run.id).values(
         metric_count=count + len(rows), updated_at=time.time()))
     values = {"records": held + len(fresh), "parsed_bytes": end,
