@@ -18,6 +18,8 @@
     fallback_interval_s = 30       # slow tick for missed file events
     max_backoff_s = 300            # cap of a run's retry backoff
     log_level = "INFO"
+    target = "dir:/mnt/transfer"   # drop mode: write bundles there, upload nothing (AIRGAP.md)
+    bundle_interval_s = 600        # drop mode: a bundle of live runs' new rows this often
 
 Environment: RUNSTORE_HOME, RUNSTORE_SERVER, RUNSTORE_TOKEN (via runstore.config), and
 RUNSTORE_SYNCD_<KEY> for each key of [syncd] (e.g. RUNSTORE_SYNCD_CONCURRENCY=4).
@@ -63,6 +65,8 @@ class Settings:
     fallback_interval_s: float = 30.0
     max_backoff_s: float = 300.0
     log_level: str = "INFO"
+    target: str | None = None          # "dir:PATH": drop mode (docs/AIRGAP.md)
+    bundle_interval_s: float = 600.0
 
     def public(self) -> dict[str, Any]:
         """The settings without the token (for logs and `syncd status --json`)."""
@@ -76,6 +80,7 @@ class Settings:
 _SYNCD_KEYS: dict[str, type] = {
     "concurrency": int, "only_auto_upload": bool, "live_interval_s": float,
     "fallback_interval_s": float, "max_backoff_s": float, "log_level": str,
+    "target": str, "bundle_interval_s": float,
 }
 
 
@@ -105,6 +110,11 @@ def _check(s: Settings) -> Settings:
                             "live_interval_s >= 0")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if s.target is not None and not (s.target.startswith("dir:") and len(s.target) > 4):
+        raise SettingsError(f"target {s.target!r} is not a drop directory. Try: target = "
+                            '"dir:/mnt/transfer" (or leave it out to upload to the server)')
+    if s.bundle_interval_s <= 0:
+        raise SettingsError(f"bundle_interval_s {s.bundle_interval_s} must be > 0")
     try:
         check_conflict_strategy(s.conflict_strategy)
         check_folder(s.folder)

@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -24,6 +25,9 @@ from runstore.server.errors import UserExists as UserExists
 from runstore.server.paths import check_user
 
 TOKEN_RE = re.compile(r"rst_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
+# A t9k API key (the `apikey=` query parameter of the t9k compatibility API): a lower-case
+# UUID, stored like a token (sha256, revocable); its row id is derived from that hash.
+T9K_KEY_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,39 @@ def ensure_root_folder(conn, user_id: int, name: str) -> None:
     if conn.execute(select(db.folders.c.id).where(db.folders.c.path == path)).first() is None:
         db.insert_ignore(conn, db.folders, owner_id=user_id, path=path, parent_id=None,
                          created_at=time.time())
+
+
+def new_t9k_key(database: db.Database, name: str) -> str:
+    """A t9k API key (a lower-case UUID) for an existing user; listed and revoked like tokens,
+    under the id ``t9k-<12 hex>``."""
+    key = str(uuid.uuid4())
+    with database.write() as conn:
+        row = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
+        if row is None:
+            raise NoSuchUser(f"no user {name!r}")
+        conn.execute(db.tokens.insert().values(
+            id=_t9k_key_id(key), user_id=row.id, token_hash=_hash(key), created_at=time.time()))
+        ensure_root_folder(conn, row.id, name)
+    return key
+
+
+def _t9k_key_id(key: str) -> str:
+    return "t9k-" + _hash(key)[:12]
+
+
+def authenticate_t9k(database: db.Database, key: str | None) -> User:
+    """The user of a t9k API key, or AuthError."""
+    if not key or not T9K_KEY_RE.fullmatch(key):
+        raise AuthError("invalid api key")
+    with database.read() as conn:
+        row = conn.execute(
+            select(db.tokens.c.token_hash, db.tokens.c.revoked_at, db.users.c.id, db.users.c.name)
+            .join(db.users, db.users.c.id == db.tokens.c.user_id)
+            .where(db.tokens.c.id == _t9k_key_id(key))).first()
+    stored = row.token_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(_hash(key), stored) or row is None or row.revoked_at is not None:
+        raise AuthError("invalid api key")
+    return User(row.id, row.name)
 
 
 def list_users(database: db.Database) -> list[dict]:

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from runstore import protocol as p
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.auth import User, ensure_root_folder
 from runstore.server.errors import Conflict, Forbidden, Invalid, NameConflict, NotFound, OffsetGap
 from runstore.server.paths import (
@@ -230,7 +230,10 @@ def append_metrics(conn: Connection, user: User, uuid: str, offset: int,
                         f"{uuid}; send from offset {count}")
     fresh = rows[count - offset:]
     if fresh:
-        db.insert_metric_rows(conn, run.id, count, fresh)
+        try:
+            metricrows.insert_metric_rows(conn, run.id, count, fresh)
+        except metricrows.UnstorableValue as exc:
+            raise Invalid(str(exc)) from None
         done = conn.execute(update(db.runs).where(
             db.runs.c.id == run.id, db.runs.c.metric_count == count).values(
             metric_count=count + len(fresh), updated_at=time.time())).rowcount
