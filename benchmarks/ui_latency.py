@@ -7,7 +7,7 @@ for a 1,000,000-point series, on SQLite and on PostgreSQL.
 
 Each request goes through the whole app in process (routing, session-cookie auth, the
 queries, Jinja rendering / JSON), with starlette's TestClient: what the server spends, without
-the network. The 1,000,000 points are ingested through ``db.insert_metric_rows`` (the path
+the network. The 1,000,000 points are ingested through ``metricrows.insert_metric_rows`` (the path
 the sync protocol uses, which keeps the rollups), in 100,000-row chunks; the ingest time is
 printed too. The 10,000 runs get their rows and per-series summaries inserted in bulk.
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from runstore.server import db  # noqa: E402
+from runstore.server import db, metricrows  # noqa: E402
 from runstore.server.app import create_app  # noqa: E402
 from runstore.server.auth import add_user  # noqa: E402
 
@@ -85,7 +85,7 @@ def seed(database: db.Database, n_runs: int, n_points: int) -> tuple[str, str, f
 
 
 def ingest(database: db.Database, run_id: int, n_points: int, rnd: random.Random) -> float:
-    """Seconds to store n_points rows through db.insert_metric_rows, 100,000 per chunk."""
+    """Seconds to store n_points rows through metricrows.insert_metric_rows, 100,000 per chunk."""
     start = time.perf_counter()
     chunk = 100_000
     for offset in range(0, n_points, chunk):
@@ -94,7 +94,7 @@ def ingest(database: db.Database, run_id: int, n_points: int, rnd: random.Random
                  "2024-02-01T00:00:00+00:00")
                 for s in range(offset, min(n_points, offset + chunk))]
         with database.write() as conn:
-            db.insert_metric_rows(conn, run_id, offset, rows)
+            metricrows.insert_metric_rows(conn, run_id, offset, rows)
     return time.perf_counter() - start
 
 

@@ -59,8 +59,12 @@ class PostgresProcess:
     """A private PostgreSQL cluster on 127.0.0.1 for the duration of a test session."""
 
     def __init__(self, tmp_dir: str | os.PathLike[str], port: int | None = None, *,
-                 startup_timeout_s: float = 60.0) -> None:
+                 startup_timeout_s: float = 60.0, settings: dict[str, str] | None = None
+                 ) -> None:
         self.bin_dir = find_bin_dir()
+        # Server settings over the defaults below, e.g. {"synchronous_commit": "on"} for a
+        # test that crashes PostgreSQL and expects every acknowledged commit back.
+        self.settings = dict(settings or {})
         self.as_root = os.geteuid() == 0
         if self.as_root:
             try:
@@ -133,7 +137,8 @@ class PostgresProcess:
                           "-c", f"listen_addresses={self.host}",
                           "-c", f"unix_socket_directories={self.data_dir}",
                           "-c", "fsync=off", "-c", "synchronous_commit=off",
-                          "-c", "full_page_writes=off", "-c", "max_connections=200"),
+                          "-c", "full_page_writes=off", "-c", "max_connections=200",
+                          *[a for k, v in self.settings.items() for a in ("-c", f"{k}={v}")]),
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True)
         finally:
             log.close()

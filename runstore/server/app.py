@@ -7,8 +7,9 @@ them into request validation and an OpenAPI document for free, it streams reques
 Two guards wrap every route, in a plain ASGI middleware so that no route can skip them:
 * a body size limit, enforced on Content-Length up front and on the bytes as they stream in
   (413 before anything is buffered);
-* bearer-token authentication for every path except PUBLIC_PATHS and the web UI's (``/`` and
-  ``/ui/...``, runstore/ui/apps.py), which log in with a session cookie instead.
+* bearer-token authentication for every path except PUBLIC_PATHS; under t9k.PREFIX (the
+  t9k compatibility API) authentication by the ``apikey=`` query parameter only; the web UI's
+  paths (``/`` and ``/ui/...``, runstore/ui/apps.py) log in with a session cookie instead.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
 from runstore import protocol as p
-from runstore.server import artifacts, reads, service
+from runstore.server import artifacts, reads, service, t9k
 from runstore.server.auth import AuthError, User, authenticate
-from runstore.server.blobs import BlobStore
+from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
@@ -59,6 +60,9 @@ class Gate:
             return await self.app(scope, receive, send)
         path = scope["path"]
         limit = self.upload_limit if path.startswith(UPLOAD_PREFIX) else self.json_limit
+        compat = t9k.under_prefix(path)
+        if compat:
+            limit = max(limit, t9k.BODY_LIMIT)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
@@ -70,7 +74,11 @@ class Gate:
                 resp = _json(413, f"request body larger than {limit} bytes", "too_large",
                              {"Connection": "close"})
                 return await resp(scope, receive, send)
-        if path not in PUBLIC_PATHS and not is_ui_path(path):
+        if compat:
+            refused = await run_in_threadpool(t9k.authenticate, self.database, scope)
+            if refused is not None:
+                return await refused(scope, receive, send)
+        elif path not in PUBLIC_PATHS and not is_ui_path(path):
             auth = headers.get(b"authorization")
             try:
                 user = await run_in_threadpool(
@@ -117,14 +125,15 @@ async def _body(request: Request, model: type[p.Message]) -> Any:
 def create_app(data_dir: Path | str, database_url: str | None = None, *,
                database: Database | None = None,
                json_limit: int = p.MAX_JSON_BODY_BYTES,
-               upload_limit: int = p.MAX_BLOB_PART_BYTES) -> FastAPI:
+               upload_limit: int = p.MAX_BLOB_PART_BYTES, blobs: str | None = None) -> FastAPI:
     """The ASGI app over a data directory (SQLite + blobs), or a database URL (or an opened
-    Database) + the data directory's blobs."""
+    Database) + the data directory's blobs; ``blobs`` puts them elsewhere (a directory or
+    s3://BUCKET/PREFIX, see blobs.open_backend)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if database is None:
         database = Database(database_url) if database_url else Database.for_data_dir(data_dir)
-    blob_store = BlobStore(data_dir, database)
+    blob_store = BlobStore(data_dir, database, open_backend(data_dir, blobs))
     app = FastAPI(title="runstore server", version=str(p.PROTOCOL_VERSION),
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs", redoc_url=None,
                   swagger_ui_oauth2_redirect_url=None)
@@ -235,17 +244,19 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         return p.BlobMissing(missing=read(artifacts.missing_blobs, _user(request), body.sha256))
 
     @app.get(f"{API}/blobs/{{sha256}}")
-    def get_blob(request: Request, sha256: str):
+    async def get_blob(request: Request, sha256: str):
         _checked(check_sha256, sha256)
-        path = blob_store.path(sha256)
-        if not read(artifacts.may_read_blob, _user(request), sha256) or not path.exists():
+        user = _user(request)
+        size = await blob_store.owned_size(user.id, sha256)
+        if size is None or not await blob_store.exists(sha256):
             raise HTTPException(404, f"blob {sha256} not found")
-        return FileResponse(path, media_type="application/octet-stream")
+        return StreamingResponse(blob_store.read(sha256), media_type="application/octet-stream",
+                                 headers={"Content-Length": str(size)})
 
     @app.post(f"{API}/uploads", response_model=p.UploadStatus)
-    def start_upload(request: Request, body: p.UploadStart) -> p.UploadStatus:
+    async def start_upload(request: Request, body: p.UploadStart) -> p.UploadStatus:
         _checked(check_sha256, body.sha256)
-        return blob_store.status(_user(request).id, body.sha256, body.size_bytes)
+        return await blob_store.status(_user(request).id, body.sha256, body.size_bytes)
 
     @app.patch(f"{API}/uploads/{{sha256}}", response_model=p.UploadStatus,
                openapi_extra={"requestBody": {"content": {"application/octet-stream": {
@@ -265,6 +276,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         _checked(check_uuid, uuid)
         return read(artifacts.artifact_detail, _user(request), uuid)
 
+    t9k.register(app, database, blob_store, data_dir)
     mount_server_ui(app, database, blob_store)
     return app
 

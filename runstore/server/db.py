@@ -173,6 +173,21 @@ lineage = Table(
     Column("entry", Text, nullable=False),
 )
 
+# t9k compatibility (runstore/server/t9k): the files of runs uploaded by t9k clients that are
+# kept as bytes (stdout.log and any file the server does not parse), and for each
+# metrics/<type>.yaml how many of its records are already rows in ``metrics``, and the length
+# and sha256 of the part of the file they came from (the next upload parses only the rest).
+t9k_run_files = Table(
+    "t9k_run_files", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", _name(1024), primary_key=True),
+    Column("sha256", String(64), ForeignKey("blobs.sha256")),
+    Column("size_bytes", Int64),
+    Column("records", Int64, nullable=False, default=0),
+    Column("parsed_bytes", Int64, nullable=False, default=0),
+    Column("prefix_sha256", String(64)),
+)
+
 # The web UI's reads of long series (runstore/server/rollups.py keeps both tables up to date in
 # insert_metric_rows): one summary row per (run, type, key) -- count, NaNs, step range, min, max,
 # last -- and per-level step buckets (bucket = step >> 3*level) holding the same aggregates, so a
@@ -323,15 +338,3 @@ def insert_returning_id(conn: Connection, statement: Insert) -> int:
     if key is None:  # only for executemany, which a single-row insert never is
         raise RuntimeError("the database returned no primary key for a single-row insert")
     return int(key[0])
-
-
-def insert_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tuple]) -> None:
-    """Insert decoded rows as seq offset.. : the one way the server stores metric rows."""
-    conn.execute(
-        metrics.insert(),
-        [{"run_id": run_id, "seq": offset + i, "type": r[0], "key": r[1], "step": r[2],
-          "epoch": r[3], "value": r[4], "timestamp": r[5]} for i, r in enumerate(rows)],
-    )
-    from runstore.server.rollups import add_rows  # (imports this module)
-
-    add_rows(conn, run_id, offset, rows)

@@ -2,7 +2,7 @@
 
 Why at ingest: a chart of a million-point series must come back in tens of milliseconds, and
 no SQL aggregate over a million rows does (SQLite or PostgreSQL). So every chunk of rows
-stored by ``db.insert_metric_rows`` (the one way rows get in) also folds into
+stored by ``metricrows.insert_metric_rows`` (the one way rows get in) also folds into
 ``metric_series`` (one row per run, type and key) and ``metric_rollups`` (level L groups the
 steps ``step >> 3L``: 8, 64, 512, ... steps per bucket, 12 levels). Each row holds count, NaN
 count, min, max and the last point (by upload order). Reading a chart is then: pick the finest

@@ -58,7 +58,7 @@ def mount_server_ui(app: FastAPI, database, blob_store) -> None:
         if user is None:
             raise routes.LoginRequired()
         request.state.ui_user = user
-        return ServerData(database, user, blob_store.path)
+        return ServerData(database, user)
 
     router, page = routes.build_router(get_data, login=True)
 

@@ -289,7 +289,7 @@ class LocalData:
             produced_by=[(u, n) for d, u, n in links if d == "output"],
             consumed_by=[(u, n) for d, u, n in links if d == "input"], history=history)
 
-    def blob_path(self, artifact_uuid: str, obj_path: str) -> tuple[Path, int]:
+    def blob(self, artifact_uuid: str, obj_path: str) -> tuple[Path | str, int]:
         with self.connect() as conn:
             art = self._artifact_row(conn, artifact_uuid)
             row = conn.execute("SELECT sha256, size_bytes FROM artifact_objects WHERE "

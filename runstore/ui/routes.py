@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -149,11 +157,21 @@ def build_router(get_data: Callable[[Request], UIData], *,
                     data_note=data.read_only_note)
 
     @router.get(PREFIX + "/artifact/{uuid}/file", include_in_schema=False)
-    def artifact_file(request: Request, uuid: str,
-                      path: str = Query(max_length=4096)) -> Response:
-        blob, _size = get_data(request).blob_path(uuid, path)
-        return FileResponse(blob, media_type="application/octet-stream",
-                            filename=path.rsplit("/", 1)[-1] or "file")
+    async def artifact_file(request: Request, uuid: str,
+                            path: str = Query(max_length=4096)) -> Response:
+        data = await run_in_threadpool(get_data, request)
+        blob, size = await run_in_threadpool(data.blob, uuid, path)
+        filename = path.rsplit("/", 1)[-1] or "file"
+        if isinstance(blob, Path):
+            return FileResponse(blob, media_type="application/octet-stream", filename=filename)
+        # the server's blob store (a directory or an S3 bucket): streamed, never in memory
+        blobs = request.app.state.blobs
+        if not await blobs.exists(blob):
+            raise NotFound(f"the bytes of {path} are not on this server")
+        return StreamingResponse(
+            blobs.read(blob), media_type="application/octet-stream",
+            headers={"Content-Length": str(size),
+                     "Content-Disposition": _attachment(filename)})
 
     @router.get(PREFIX + "/api/series", include_in_schema=False)
     def series(request: Request, run: str = Query(max_length=64),
@@ -165,6 +183,11 @@ def build_router(get_data: Callable[[Request], UIData], *,
         return JSONResponse(got)
 
     return router, page
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition for any file name (RFC 6266 ``filename*``, as FileResponse)."""
+    return f"attachment; filename*=utf-8''{quote(filename)}"
 
 
 def _runs_query(request: Request, folder: str) -> RunsQuery:

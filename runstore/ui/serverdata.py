@@ -47,14 +47,13 @@ def _like_escape(text: str) -> str:
 
 
 class ServerData:
-    """The pages' data for ``user`` in ``database`` (blobs under ``blob_path_of``)."""
+    """The pages' data for ``user`` in ``database``."""
 
     read_only_note: str | None = None
 
-    def __init__(self, database: db.Database, user: User, blob_path_of) -> None:
+    def __init__(self, database: db.Database, user: User) -> None:
         self.database = database
         self.user = user
-        self.blob_path_of = blob_path_of
         self.is_pg = not database.is_sqlite
 
     # -- folders and runs ------------------------------------------------------------------
@@ -261,7 +260,7 @@ class ServerData:
             consumed_by=[(x.uuid, x.run_name) for x in links if x.direction == "input"],
             history=json.loads(art.remote))
 
-    def blob_path(self, artifact_uuid: str, obj_path: str) -> tuple[Path, int]:
+    def blob(self, artifact_uuid: str, obj_path: str) -> tuple[Path | str, int]:
         o = db.artifact_objects.c
         with self.database.read() as conn:
             art = self._artifact_row(conn, artifact_uuid)
@@ -269,8 +268,5 @@ class ServerData:
                 o.artifact_id == art.id, o.path == obj_path, o.kind == "file")).first()
         if obj is None:
             raise NotFound(f"artifact {artifact_uuid} has no file {obj_path}")
-        path = self.blob_path_of(obj.sha256)
-        if not Path(path).exists():
-            raise NotFound(f"the bytes of {obj_path} are not on this server")
-        return Path(path), int(obj.size_bytes or 0)
+        return str(obj.sha256), int(obj.size_bytes or 0)
 

@@ -489,10 +489,16 @@ def classify_rows(server_rows: list[tuple], local_rows: list[tuple]) -> str | No
     return "unexpected"
 
 
-def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[str, Any]:
+def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun], *,
+                server: dict[str, Any] | None = None,
+                server_blob: Any = None) -> dict[str, Any]:
     """After healing: the Jepsen-style set check. Returns the figures (lost, duplicated,
-    unexpected must be empty; the assertion says which runs and why)."""
-    server = read_server(data_dir)
+    unexpected must be empty; the assertion says which runs and why).
+
+    server / server_blob (issue 13, the fleet test): the server's side read elsewhere (a
+    read_server dict from PostgreSQL, see tests/fleet/server_view.py) and a function
+    sha -> (sha256 of the stored bytes, size) for blobs not in data_dir."""
+    server = read_server(data_dir) if server is None else server
     local = read_local(home)
     lruns, sruns = local["runs"], server["runs"]
     lost: list[str] = []
@@ -557,9 +563,12 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun]) -> dict[
             for _path, kind, sha, size in objects[0]:
                 if kind != "file":
                     continue
-                blob = data_dir / "blobs" / sha[:2] / sha
-                if _sha_file(blob) != sha or blob.stat().st_size != size or \
-                        _sha_file(home / "blobs" / sha[:2] / sha) != sha:
+                if server_blob is None:
+                    blob = data_dir / "blobs" / sha[:2] / sha
+                    stored = (_sha_file(blob), blob.stat().st_size if blob.exists() else 0)
+                else:
+                    stored = server_blob(sha)
+                if stored != (sha, size) or _sha_file(home / "blobs" / sha[:2] / sha) != sha:
                     lost.append(f"{uuid} (blob {sha})")
                 blob_bytes += size
     # Each (folder, name) with a 'replace' among its runs: one holder, one of them.

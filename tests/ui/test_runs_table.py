@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.auth import User
 from runstore.ui.data import MetricRef, RunsQuery
 from runstore.ui.local import LocalData
@@ -44,8 +44,9 @@ def server_data(tmp_path: Path, url: str | None = None,
                 start_timestamp=f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00",
                 created_at=0, updated_at=0))
             if s["acc"] is not None:
-                db.insert_metric_rows(conn, run, 0, [("val", "acc", 1, None, s["acc"], "t")])
-    return ServerData(database, User(user, "u"), lambda sha: sha), database
+                metricrows.insert_metric_rows(
+                    conn, run, 0, [("val", "acc", 1, None, s["acc"], "t")])
+    return ServerData(database, User(user, "u")), database
 
 
 def local_data(tmp_path: Path) -> LocalData:

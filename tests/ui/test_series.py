@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.rollups import rebuild
 from runstore.ui.series import from_rollups, local_series
 
@@ -96,7 +96,7 @@ def server_db(tmp_path: Path, url: str | None = None) -> tuple[db.Database, int]
 def ingest(database: db.Database, run: int, rows: list[tuple], chunk: int) -> None:
     for start in range(0, len(rows), chunk):
         with database.write() as conn:
-            db.insert_metric_rows(conn, run, start, rows[start:start + chunk])
+            metricrows.insert_metric_rows(conn, run, start, rows[start:start + chunk])
 
 
 @pytest.mark.parametrize("chunk", [997, 8_000])
