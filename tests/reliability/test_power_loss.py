@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runstore.store import Store
+from tests.factories import node_env, syncd_cli
 from tests.server_harness import ServerProcess
 from tests.syncd.helpers import REPO_ROOT, make_runs, run_python
 
@@ -41,10 +42,8 @@ def power_loss(home: Path, snap: Path) -> None:
 
 
 def syncd_once(home: Path, server: ServerProcess, token: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RUNSTORE_HOME": str(home), "RUNSTORE_SERVER": server.url,
-           "RUNSTORE_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "syncd.cli", "once"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    return syncd_cli("once", env=node_env(home, server_url=server.url, token=token),
+                     timeout_s=120)
 
 
 def server_state(data_dir: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +14,8 @@ import runstore as em
 from runstore.errors import AmbiguousError, NotFoundError
 from runstore.rows import resolve_run
 from runstore.store import Store
-from tests.server_harness import REPO_ROOT, run_cli
+from tests.factories import node_env, syncd_cli
+from tests.server_harness import run_cli
 
 
 def _two_cnn_and_one_mlp() -> tuple[em.Run, em.Run, em.Run]:
@@ -87,9 +87,7 @@ def test_syncd_retry_uses_the_rule(home, store: Store) -> None:
         conn.execute("UPDATE sync_state SET state = 'failed', last_error = 'x'")
 
     def retry(ref: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "syncd.cli", "retry", ref],
-                              env={**os.environ, **_env(home), "PYTHONPATH": str(REPO_ROOT)},
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        return syncd_cli("retry", ref, env={**node_env(home), **_env(home)})
 
     out = retry("cnn")
     assert out.returncode == 1 and "Error: 2 runs are named 'cnn'" in out.stderr

@@ -6,12 +6,11 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from tests.factories import node_env, syncd_cli
 from tests.syncd.helpers import (
-    REPO_ROOT,
     all_synced,
     assert_exactly_once,
     local_runs,
@@ -56,12 +55,10 @@ def test_second_daemon_on_the_same_store_exits_with_a_clear_message(
     first = daemons(server.url, token).start()
     env = dict(first.env)
     env.pop("NOTIFY_SOCKET")
-    second = subprocess.run([sys.executable, "-m", "syncd.cli", "run"], env=env, cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    second = syncd_cli("run", env=env)
     assert second.returncode == 1
     assert f"another syncd (pid {first.pid}) is already running" in second.stderr
-    once = subprocess.run([sys.executable, "-m", "syncd.cli", "once"], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    once = syncd_cli("once", env=env)
     assert once.returncode == 1 and "already running" in once.stderr
     assert first.alive()
 
@@ -146,9 +143,7 @@ def test_a_4xx_fails_one_run_with_the_message_and_the_rest_sync(server, token, d
     assert "missing/folder" in error and "HTTP 4" in error, error
     assert bad not in server_runs(server.data_dir)
     assert "run bad0_" in daemon.log() and "refused by the server" in daemon.log()
-    status = subprocess.run([sys.executable, "-m", "syncd.cli", "status", "--json"],
-                            env=daemon.env, cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60)
+    status = syncd_cli("status", "--json", env=daemon.env)
     report = json.loads(status.stdout)
     assert report["daemon"] == {"running": True, "pid": daemon.pid}
     assert report["counts"]["failed"] == 1 and report["counts"]["synced"] == 3
@@ -173,15 +168,10 @@ def test_server_down_then_up_everything_arrives(server, token, daemons, home) ->
 
 
 def test_syncd_once_exit_codes(server, token, home, config_dir) -> None:
-    env = {"RUNSTORE_HOME": str(home), "RUNSTORE_CONFIG_DIR": str(config_dir),
-           "RUNSTORE_SERVER": server.url, "RUNSTORE_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}
+    env = node_env(home, config_dir=config_dir, server_url=server.url, token=token)
 
     def once() -> subprocess.CompletedProcess:
-        import os
-
-        return subprocess.run([sys.executable, "-m", "syncd.cli", "once"],
-                              env={**os.environ, **env}, cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=60)
+        return syncd_cli("once", env=env)
 
     good = set(make_runs(home, 2))
     result = once()

@@ -11,11 +11,10 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.factories import syncd_cli
 from tests.syncd.helpers import (
-    REPO_ROOT,
     Daemon,
     local_runs,
     make_runs,
@@ -51,9 +50,8 @@ def _bundle_statuses(bundle: Path) -> list[str]:
 
 
 def _status(home: Path, config_dir: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "syncd.cli", "status", "--home", str(home)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
-                          env={"RUNSTORE_CONFIG_DIR": str(config_dir), "PATH": "/usr/bin"})
+    proc = syncd_cli("status", "--home", str(home),
+                     env={"RUNSTORE_CONFIG_DIR": str(config_dir), "PATH": "/usr/bin"})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -142,8 +140,7 @@ def test_syncd_once_in_drop_mode_writes_one_bundle(tmp_path: Path, home: Path,
            "PATH": "/usr/bin"}
 
     def once() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "syncd.cli", "once"], capture_output=True,
-                              text=True, cwd=REPO_ROOT, timeout=60, env=env)
+        return syncd_cli("once", env=env)
 
     first = once()
     assert first.returncode == 0, first.stderr

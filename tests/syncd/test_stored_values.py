@@ -6,25 +6,23 @@ fixed run syncs. The bad rows are written with sqlite3 directly, as an old SDK w
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import runstore as em
+from tests.factories import node_env, syncd_cli
 from tests.server_harness import run_cli
 from tests.syncd.helpers import REPO_ROOT
 
 
 def _env(home: Path, config_dir: Path, url: str, token: str) -> dict[str, str]:
-    return {**os.environ, "RUNSTORE_HOME": str(home), "RUNSTORE_CONFIG_DIR": str(config_dir),
-            "RUNSTORE_SERVER": url, "RUNSTORE_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}
+    return node_env(home, config_dir=config_dir, server_url=url, token=token)
 
 
 def _syncd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "syncd.cli", *args], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return syncd_cli(*args, env=env, timeout_s=120)
 
 
 def _run(name: str) -> em.Run:
