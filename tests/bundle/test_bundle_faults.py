@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,16 +151,24 @@ def test_a_file_is_neither_a_bundle_nor_an_em_directory(tmp_path: Path):
         "directory.\n")
 
 
+# Logs n rows, flushing often; at each quarter it stops, says PAUSED and waits for a line on
+# stdin, so the test is sure to take a bundle mid-run however slow the machine is (no hoping
+# that its export loop got a turn while the rows went by).
 LOGGER = """
 import sys, time
 import runstore as em
+n = int(sys.argv[1])
 run = em.create_run(name="live")
 print("STARTED", flush=True)
-for i in range(int(sys.argv[1])):
+for i in range(n):
     run.log("train", {"loss": float(i)}, step=i)
     if i % 200 == 0:
         run.flush()
-        time.sleep(0.01)
+        time.sleep(0.01)  # pacing: the test's exports interleave with the writes
+    if i and i % (n // 4) == 0:
+        run.flush()
+        print("PAUSED", flush=True)
+        sys.stdin.readline()
 run.finish()
 print("DONE", flush=True)
 """
@@ -171,20 +181,40 @@ def test_export_while_a_run_logs_is_consistent_and_loses_nothing(tmp_path: Path)
     script.write_text(textwrap.dedent(LOGGER))
     env = {**os.environ, "RUNSTORE_HOME": str(home)}
     logger = subprocess.Popen([sys.executable, str(script), "20000"], env=env,
-                              stdout=subprocess.PIPE, text=True)
-    assert logger.stdout is not None
-    assert logger.stdout.readline().startswith("STARTED")
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert logger.stdout is not None and logger.stdin is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in logger.stdout],
+                              daemon=True)
+    reader.start()
+    assert lines.get(timeout=60).startswith("STARTED")
     source = Store(home)
     made = []
+    pauses = 0
     while logger.poll() is None:
         result = export_bundle(source, tmp_path / "usb")
         if result:
             made.append(result)
+        try:
+            line = lines.get(timeout=0.001)
+        except queue.Empty:
+            continue
+        if line.startswith("PAUSED"):  # nothing is written now: take this state, then go on
+            pauses += 1
+            result = export_bundle(source, tmp_path / "usb")
+            if result:
+                made.append(result)
+            logger.stdin.write("\n")
+            logger.stdin.flush()
     assert logger.wait(timeout=120) == 0
+    reader.join(10)
+    logger.stdin.close()
     logger.stdout.close()
+    assert pauses == 3
     last = export_bundle(source, tmp_path / "usb")
     made += [last] if last else []
-    assert len(made) >= 3  # several bundles were taken mid-run
+    # several bundles were taken mid-run: at least one holding exactly each paused state
+    assert len(made) >= 4
     for result in made:
         conn = sqlite3.connect(result.path / RECORDS)
         for run_id, count in conn.execute("SELECT id, metric_count FROM runs"):

@@ -23,15 +23,20 @@ from tests.syncd.helpers import (
     wait_for,
 )
 
+# A run that stays live, its first rows committed, until the test has seen a bundle holding it
+# (the test then creates the file GO): no fixed sleep hoping a bundle is taken meanwhile.
 LIVE = """
-import time
+import os, time
 import runstore as em
 run = em.create_run(name="live")
 for step in range(300):
-    run.log("train", {"loss": 1.0 / (step + 1)}, step=step)
-    if step % 50 == 0:
+    run.log("train", {{"loss": 1.0 / (step + 1)}}, step=step)
+    if step == 150:
         run.flush()
-        time.sleep(0.6)
+        deadline = time.monotonic() + 60
+        while not os.path.exists({go!r}):
+            assert time.monotonic() < deadline, "the test never said go"
+            time.sleep(0.05)
 run.finish()
 print(run.uuid)
 """
@@ -64,10 +69,12 @@ def test_drop_mode_across_the_gap_exactly_once(tmp_path: Path, home: Path, confi
     try:
         finished = set(make_runs(home, 2, rows=40))
         wait_for(lambda: len(_committed(transfer)) >= 1, 20, "a bundle of the finished runs")
-        live = run_python(LIVE, home, background=True)
+        go = tmp_path / "go"
+        live = run_python(LIVE.format(go=str(go)), home, background=True)
         assert isinstance(live, subprocess.Popen)
         wait_for(lambda: any("Running" in _bundle_statuses(b) for b in _committed(transfer)),
                  20, "a bundle with the live run's rows so far")
+        go.touch()
         out, err = live.communicate(timeout=60)
         assert live.returncode == 0, err
         live_uuid = out.split()[0]

@@ -354,7 +354,8 @@ def test_mark_uploading_never_overwrites_synced(store: Store) -> None:
 def test_watcher_wakes_on_a_commit(store: Store) -> None:
     wake = threading.Event()
     with StoreWatcher(store.home, wake):
-        time.sleep(0.05)  # inotify watch registration
+        # No wait needed: watchdog adds the inotify watch inside Observer.start() (the
+        # emitter's on_thread_start), before StoreWatcher.start returns.
         wake.clear()
         _finished_run(store)
         assert wake.wait(5)
