@@ -18,8 +18,23 @@ from runstore.store import Store
 T0 = "2024-01-02T03:04:05.000000+00:00"
 
 
+NOW = "2024-01-06T01:02:03.000000+00:00"
+
+
 def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def pinned_now(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The clock the CLI reads for a live run's duration (runstore.inspect's `time.time()`),
+    pinned at NOW so the output is exact and cannot move across a second or day boundary."""
+    from runstore import inspect
+    from runstore.timeutil import unix_from_iso
+
+    now = unix_from_iso(NOW)
+    monkeypatch.setattr(inspect, "time", types.SimpleNamespace(time=lambda: now))
+    return now
 
 
 def make_run(name: str, *, start: str | None = None, end: str | None = None,
@@ -71,7 +86,7 @@ def test_ls_columns(sweep):
     ]
 
 
-def test_ls_detail_shows_alternative_name_labels_and_sync(sweep):
+def test_ls_detail_shows_alternative_name_labels_and_sync(sweep, pinned_now):
     result = invoke("ls", "-d")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -83,10 +98,9 @@ def test_ls_detail_shows_alternative_name_labels_and_sync(sweep):
                         "cnn,sweep", "pending"]
     assert cells[2] == ["mnist", "Complete", "2024-01-03 10:00:00", "42s", alt[1], "sweep",
                         "pending"]
-    # A live run has no sync state yet; its duration runs until now (days since 2024).
-    assert cells[3][:3] == ["bert", "Running", "2024-01-04 00:00:00"]
-    assert re.fullmatch(r"\d+d\d\dh\d\dm", cells[3][3])
-    assert cells[3][4:] == [alt[2], "nlp", "-"]
+    # A live run has no sync state yet; its duration runs until now (pinned at NOW).
+    assert cells[3] == ["bert", "Running", "2024-01-04 00:00:00", "2d01h02m", alt[2], "nlp",
+                        "-"]
     # Columns are aligned: each starts at the same offset on every line.
     for column in ("ALTERNATIVE NAME", "LABELS", "SYNC"):
         offset = lines[0].index(column)
