@@ -3,6 +3,7 @@ the unit file and the CLI's status/retry output. The daemon end to end is in tes
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -406,13 +408,19 @@ def test_install_service_system_unit_and_permission_error(tmp_path: Path) -> Non
 
 
 # -- status / retry --------------------------------------------------------------------------
-def test_status_and_retry(store: Store) -> None:
+def test_status_and_retry(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clock `syncd status` reads for "(in Ns)" is pinned, so the wait it shows is exact.
+    import syncd.cli
+
+    now = 1_700_000_000.0
+    monkeypatch.setattr(syncd.cli, "time", types.SimpleNamespace(time=lambda: now,
+                                                                 sleep=time.sleep))
     failed = _finished_run(store, "broken")
     waiting = _finished_run(store, "waiting")
     done = _finished_run(store, "done")
     _finished_run(store, "live", status="Running")
     syncstate.mark_failed(store, failed, "folder 'x' does not exist (HTTP 404)")
-    syncstate.mark_retry(store, waiting, "connection refused", time.time() + 100)
+    syncstate.mark_retry(store, waiting, "connection refused", now + 100)
     with store.write() as conn:
         syncstate.mark_synced(conn, done, "/alice/default/done", 10)
     runner = CliRunner()
@@ -429,7 +437,9 @@ def test_status_and_retry(store: Store) -> None:
     text = runner.invoke(main, ["status"]).output
     assert "pending 1  uploading 0  synced 1  failed 1  (running 1)" in text
     assert "error: folder 'x' does not exist (HTTP 404)" in text
-    assert "(in 100s)" in text or "(in 99s)" in text
+    when = datetime.datetime.fromtimestamp(now + 100).astimezone().isoformat(timespec="seconds")
+    [line] = [line for line in text.splitlines() if "next retry" in line]
+    assert line.endswith(f"  next retry {when} (in 100s)  error: connection refused"), line
     assert "syncd retry --all-failed" in text
 
     result = runner.invoke(main, ["retry"])
