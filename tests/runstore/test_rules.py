@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from runstore import protocol as p
 from runstore import rules
@@ -167,7 +168,7 @@ def test_request_models_apply_the_same_rules():
             "metadata": {"start_timestamp": "t", "labels": ["a"], "description": ""}}
     p.RunClaim.model_validate(base)
     for field, value in (("name", "a b"), ("folder", "/alice/a%20b"), ("uuid", "-x")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValidationError, match=rf"(?m)^{field}$"):
             p.RunClaim.model_validate({**base, field: value})
     with pytest.raises(ValueError, match="NUL"):
         p.RunClaim.model_validate({**base, "metadata": {**base["metadata"],

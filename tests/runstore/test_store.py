@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,7 +96,11 @@ def test_network_filesystem_is_named_with_the_fix(tmp_path: Path):
 def test_local_filesystem_gives_no_warning(tmp_path: Path):
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/vda / ext4 rw 0 0\nnas:/export {tmp_path / 'other'} nfs rw 0 0\n")
-    Store(tmp_path / "store", mounts_file=str(mounts))  # filterwarnings=error would fail here
+    assert filesystem_type(tmp_path / "store", str(mounts)) == "ext4"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Store(tmp_path / "store", mounts_file=str(mounts))
+    assert [w.message for w in caught if issubclass(w.category, NetworkFilesystemWarning)] == []
 
 
 def test_forked_child_never_writes_the_parents_buffer(store: Store):
@@ -108,7 +114,8 @@ def test_forked_child_never_writes_the_parents_buffer(store: Store):
             child = em.create_run(name="child")
             child.log("worker", {"y": 1.0}, step=0)
             child.finish()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any failure is the child's exit code 1
+            traceback.print_exc()  # and its traceback, so the parent's failure says why
             code = 1
         finally:
             os._exit(code)
