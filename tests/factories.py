@@ -36,10 +36,12 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
 def node_env(home: Path, *, config_dir: Path | None = None, server_url: str | None = None,
              token: str | None = None, inherit: bool = True) -> dict[str, str]:
     """The environment of a child process acting as a node on store ``home``: this process's
-    environment (unless ``inherit`` is False), PYTHONPATH at this checkout, and the runstore
-    variables given."""
+    environment (unless ``inherit`` is False), this checkout first on PYTHONPATH, and the
+    runstore variables given."""
     env = dict(os.environ) if inherit else {}
-    env.update({"RUNSTORE_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)})
+    inherited = env.get("PYTHONPATH")
+    env.update({"RUNSTORE_HOME": str(home),
+                "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO_ROOT), inherited)))})
     if config_dir is not None:
         env["RUNSTORE_CONFIG_DIR"] = str(config_dir)
     if server_url is not None:

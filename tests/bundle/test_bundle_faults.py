@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import sqlite3
 import subprocess
@@ -26,6 +25,7 @@ from runstore.bundle.format import COMMIT, MANIFEST, RECORDS
 from runstore.schema import MIGRATIONS
 from runstore.store import Store
 from tests.bundle.helpers import cli, source_with_runs
+from tests.factories import node_env
 from tests.remote.rs_fixtures import local_rows
 
 
@@ -179,7 +179,7 @@ def test_export_while_a_run_logs_is_consistent_and_loses_nothing(tmp_path: Path)
     home = tmp_path / "node"
     script = tmp_path / "logger.py"
     script.write_text(textwrap.dedent(LOGGER))
-    env = {**os.environ, "RUNSTORE_HOME": str(home)}
+    env = node_env(home)
     logger = subprocess.Popen([sys.executable, str(script), "20000"], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert logger.stdout is not None and logger.stdin is not None
@@ -273,7 +273,7 @@ def test_disk_full_while_exporting_writes_no_commit_and_marks_nothing(tmp_path: 
     script = tmp_path / "full.py"
     script.write_text(textwrap.dedent(DISK_FULL))
     proc = subprocess.run([sys.executable, str(script), str(usb), str(limit)],
-                          env={**os.environ, "RUNSTORE_HOME": str(tmp_path / "node")},
+                          env=node_env(tmp_path / "node"),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("REFUSED writing the bundle in ")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import node_env
 from tests.server_harness import run_cli
-from tests.syncd.helpers import REPO_ROOT, Daemon, all_synced, assert_exactly_once, wait_for
+from tests.syncd.helpers import Daemon, all_synced, assert_exactly_once, wait_for
 
 PROCESSES = 16
 RUNS_PER_PROCESS = 2
@@ -76,7 +77,7 @@ def test_sixteen_writers_a_daemon_and_a_reader(server, token, home, config_dir, 
                     concurrency=2, live_interval_s=0)
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    env = {**os.environ, "RUNSTORE_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+    env = node_env(home)
     # The store exists before the daemon starts; the writers begin together a moment later.
     subprocess.run([sys.executable, "-c", "import runstore.store as s; s.Store()"], env=env,
                    check=True, timeout=60)

@@ -9,7 +9,6 @@ Syncing is the real `syncd once` against the real server.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 from runstore.store import Store
 from tests.factories import node_env, syncd_cli
 from tests.server_harness import ServerProcess
-from tests.syncd.helpers import REPO_ROOT, make_runs, run_python
+from tests.syncd.helpers import make_runs, run_python
 
 
 def snapshot(home: Path, dest: Path) -> Path:
@@ -101,7 +100,7 @@ run.finish()
 def log_with_a_snapshot(home: Path, snap: Path, first: int, total: int) -> str:
     """A run that logs ``first`` rows (flushed), is snapshotted, then logs to ``total`` and
     finishes; returns its UUID."""
-    env = {**os.environ, "RUNSTORE_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+    env = node_env(home)
     proc = subprocess.Popen([sys.executable, "-c", LIVE_RUN.format(first=first, total=total)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     uuid = proc.stdout.readline().strip()

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.factories import node_env
+
 
 def run_script(code: str, home: Path, *, cwd: Path | None = None, check: bool = True,
                timeout: float = 120, env: dict[str, str] | None = None,
@@ -16,7 +18,7 @@ def run_script(code: str, home: Path, *, cwd: Path | None = None, check: bool = 
     script = script_path or (home.parent / f"script_{os.getpid()}_{abs(hash(code))}.py")
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(textwrap.dedent(code))
-    full_env = {**os.environ, "RUNSTORE_HOME": str(home), **(env or {})}
+    full_env = {**node_env(home), **(env or {})}
     proc = subprocess.run([sys.executable, str(script)], cwd=cwd or script.parent,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

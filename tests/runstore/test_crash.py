@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runstore.store import Store, reap_dead_runs
+from tests.factories import node_env
 
 LOGGER = """
 import sys, runstore as em
@@ -32,7 +32,7 @@ def start_logger(home: Path, tmp: Path) -> subprocess.Popen:
     script = tmp / "logger.py"
     script.write_text(LOGGER)
     return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "RUNSTORE_HOME": str(home)})
+                            env=node_env(home))
 
 
 @pytest.mark.parametrize("trial", range(30))
@@ -80,7 +80,7 @@ def test_script_ending_without_finish_marks_error(ending: str, code: int, tmp_pa
         {ending}
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env={**os.environ, "RUNSTORE_HOME": str(home)}, timeout=60)
+                          env=node_env(home), timeout=60)
     assert proc.returncode == code, proc.stderr
     store = Store(home)
     run = store.read("SELECT status, end_timestamp, metric_count FROM runs")[0]
@@ -99,7 +99,7 @@ def test_opening_the_store_reaps_a_killed_run(tmp_path: Path):
     out = subprocess.run(
         [sys.executable, "-c", "import runstore as em; r = em.load_run('victim'); "
          "print(r.status); r.finish()"],
-        capture_output=True, text=True, env={**os.environ, "RUNSTORE_HOME": str(home)},
+        capture_output=True, text=True, env=node_env(home),
         timeout=60, check=True)
     assert out.stdout.strip() == "Running"  # load_run re-opened the Error run
     store = Store(home)

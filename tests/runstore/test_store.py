@@ -16,6 +16,7 @@ import pytest
 import runstore as em
 from runstore.schema import MIGRATIONS
 from runstore.store import NetworkFilesystemWarning, Store, filesystem_type
+from tests.factories import node_env
 
 WRITER = """
 import sys, time, runstore as em
@@ -45,7 +46,7 @@ def _spawn_at(code: str, args: list[str], n: int, tmp_path: Path, home: Path):
     script = tmp_path / "child.py"
     script.write_text(code)
     start_at = time.time() + 1.5
-    env = {**os.environ, "RUNSTORE_HOME": str(home)}
+    env = node_env(home)
     procs = [subprocess.Popen([sys.executable, str(script), str(start_at), *args, str(i)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(n)]

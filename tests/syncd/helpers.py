@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.factories import REPO_ROOT
+from tests.factories import REPO_ROOT, node_env
 from tests.factories import wait_for as wait_for  # re-exported: reliability/chain.py uses it
 
 
@@ -24,13 +24,9 @@ class Daemon:
     def __init__(self, home: Path, config_dir: Path, server_url: str | None, token: str | None,
                  log_path: Path, **settings: Any) -> None:
         self.home, self.log_path = home, log_path
-        self.env = dict(os.environ)
-        self.env.update({"RUNSTORE_HOME": str(home), "RUNSTORE_CONFIG_DIR": str(config_dir),
-                         "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
-        if server_url:
-            self.env["RUNSTORE_SERVER"] = server_url
-        if token:
-            self.env["RUNSTORE_TOKEN"] = token
+        self.env = node_env(home, config_dir=config_dir, server_url=server_url or None,
+                            token=token or None)
+        self.env["PYTHONUNBUFFERED"] = "1"
         for key, value in settings.items():
             self.env[f"RUNSTORE_SYNCD_{key.upper()}"] = str(value)
         self.proc: subprocess.Popen | None = None
@@ -120,7 +116,7 @@ class Daemon:
 def run_python(code: str, home: Path, *, background: bool = False,
                timeout_s: float = 120.0) -> subprocess.Popen | subprocess.CompletedProcess:
     """Run ``code`` (the SDK writing runs) in a fresh interpreter with RUNSTORE_HOME=home."""
-    env = {**os.environ, "RUNSTORE_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+    env = node_env(home)
     args = [sys.executable, "-c", textwrap.dedent(code)]
     if background:
         return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
