@@ -92,3 +92,13 @@ def alice(server) -> str:
 def token(alice: str) -> str:
     """alice's token, by the name the daemon tests use."""
     return alice
+
+
+@pytest.fixture
+def client(server, alice: str):
+    """A remote Client for alice on the test's server, with short backoffs (faults are
+    injected on purpose, so waiting long for them only makes the test slow)."""
+    from runstore.remote import Client
+
+    with Client(server.url, alice, max_backoff_s=0.05) as c:
+        yield c

@@ -15,19 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from runstore.bundle import export_bundle, staging_store
-from runstore.remote import Client
 from tests.bundle.helpers import assert_server_holds, cli, server_runs, source_with_runs
 from tests.remote.rs_fixtures import add_metrics, finish, local_rows
 from tests.server_harness import CLI, _env
-
-
-@pytest.fixture
-def client(server, alice):
-    with Client(server.url, alice, max_backoff_s=0.05) as c:
-        yield c
 
 
 def test_export_then_import_uploads_each_run_once(tmp_path: Path, server, alice, client):

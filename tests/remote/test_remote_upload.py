@@ -23,16 +23,6 @@ from runstore.store import Store
 from tests.server_harness import FaultProxy, free_port
 
 
-@pytest.fixture
-def client(server, alice):
-    with Client(server.url, alice, max_backoff_s=0.05) as c:
-        yield c
-
-
-
-
-
-
 def folder_runs(client: Client, folder: str = "/alice/default") -> dict[str, str]:
     return {n["path"]: n["uuid"] for n in list_remote(folder, client)}
 
