@@ -1,7 +1,8 @@
 """Upload throughput: a finished run with 1,000,000 metric points and a 100 MB artifact,
 uploaded to a real local `runstore serve`, against the limit: the same rows inserted straight
-into a server database the way the server stores them (runstore.server.db.insert_metric_rows,
-one transaction per chunk, in chunks of the same size).
+into a server database the way the server stores them
+(runstore.server.metricrows.insert_metric_rows, one transaction per chunk, in chunks of the
+same size).
 
     .venv/bin/python benchmarks/upload_throughput.py [--points 1000000] [--mb 100]
 
@@ -66,7 +67,7 @@ def direct_insert(store: Store, run_uuid: str, data_dir: Path) -> float:
     """Seconds to insert the run's rows straight into a fresh server database."""
     from sqlalchemy import update
 
-    from runstore.server import db
+    from runstore.server import db, metricrows
 
     database = db.Database.for_data_dir(data_dir)
     with database.write() as conn:
@@ -89,7 +90,7 @@ def direct_insert(store: Store, run_uuid: str, data_dir: Path) -> float:
         rows = [(t, k, s, e, v if v is None or v == v else None, ts)
                 for t, k, s, e, v, ts in rows]
         with database.write() as conn:
-            db.insert_metric_rows(conn, 1, offset, rows)
+            metricrows.insert_metric_rows(conn, 1, offset, rows)
             conn.execute(update(db.runs).where(db.runs.c.id == 1)
                          .values(metric_count=offset + len(rows)))
         offset += len(rows)

@@ -3,64 +3,25 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from runstore.artifact import Artifact, find_artifact_row
-from runstore.errors import AmbiguousError, NotFoundError
+from runstore.errors import AmbiguousError, InvalidTypeError, InvalidValueError, NotFoundError
+
+# Process state lives in lifecycle.py; these names stay importable from here.
+from runstore.lifecycle import all_writers as all_writers
+from runstore.lifecycle import default_store as default_store
+from runstore.lifecycle import writer_for as writer_for
 from runstore.rules import check_conflict_strategy, check_folder
 from runstore.run import Run, find_run_row
-from runstore.store import Store, default_home, reap_dead_runs
-from runstore.writer import Writer
+from runstore.store import Store
+from runstore.store import default_home as default_home
 
 CONFIG_KEYS = ("name", "hparams", "labels", "description", "auto_upload", "folder",
                "make_folder", "conflict_strategy")
-
-_lock = threading.Lock()
-_stores: dict[Path, Store] = {}
-_writers: dict[Path, Writer] = {}
-
-
-def default_store() -> Store:
-    """The store at RUNSTORE_HOME (or the user data dir), opened once per process."""
-    home = default_home().resolve()
-    with _lock:
-        store = _stores.get(home)
-        if store is None:
-            store = _stores[home] = Store(home)
-            reap_dead_runs(store)
-        return store
-
-
-def writer_for(store: Store) -> Writer:
-    with _lock:
-        writer = _writers.get(store.home)
-        if writer is None:
-            writer = _writers[store.home] = Writer(store)
-        return writer
-
-
-def all_writers() -> list[Writer]:
-    with _lock:
-        return list(_writers.values())
-
-
-def _after_fork_in_child() -> None:
-    """Inherited runs keep their rows with the parent; the child starts with empty buffers."""
-    global _lock
-    _lock = threading.Lock()
-    for writer in _writers.values():
-        writer._runs_lock = threading.Lock()
-        for run in list(writer._runs.values()):
-            run._pending.clear()
-            run._flush_lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 def _read_run_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(config_path)
@@ -69,13 +30,14 @@ def _read_run_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"config_path {str(config_path)!r} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config_path {str(config_path)!r} is not valid YAML: {exc}") from exc
+        raise InvalidValueError(f"config_path {str(config_path)!r} is not valid YAML: "
+                                f"{exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"config_path {str(config_path)!r} must hold a mapping of "
+        raise InvalidValueError(f"config_path {str(config_path)!r} must hold a mapping of "
                          f"{', '.join(CONFIG_KEYS)}")
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"config_path {str(config_path)!r} has unknown keys {unknown}; "
+        raise InvalidValueError(f"config_path {str(config_path)!r} has unknown keys {unknown}; "
                          f"allowed: {', '.join(CONFIG_KEYS)}")
     return data
 
@@ -96,7 +58,7 @@ def create_run(config_path: str | os.PathLike[str] | None = None, name: str = "d
     check_folder(args["folder"])
     hp = args["hparams"] or {}
     if not isinstance(hp, dict):
-        raise TypeError(f"hparams must be a dict, not {type(hp).__name__}")
+        raise InvalidTypeError(f"hparams must be a dict, not {type(hp).__name__}")
     metadata = {
         "name": args["name"], "labels": args["labels"], "description": args["description"],
         "_target": {"folder": args["folder"], "make_folder": args["make_folder"],

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runstore.errors import InvalidValueError
+from runstore.lifecycle import default_store
 from runstore.names import alternative_name as make_alternative_name
 from runstore.rows import remote_history
 from runstore.rows import resolve_artifact as find_artifact_row
@@ -34,8 +35,6 @@ class Artifact:
 
     def __init__(self, metadata: dict[str, Any], objects: dict[str, Any] | None = None, *,
                  store: Store | None = None, _row: Any = None) -> None:
-        from runstore.api import default_store
-
         self._store = store or default_store()
         if _row is None:
             name = check_name(metadata.get("name"), "Artifact")

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from runstore.store import process_start_id
+
 # Imported module name -> (distribution name, framework label or None).
 ML_PACKAGES: dict[str, tuple[str, str | None]] = {
     "torch": ("torch", "PyTorch"),
@@ -184,7 +186,6 @@ def stop_tee(tee: StdoutTee | None) -> None:
 
 
 def pid_identity() -> tuple[int, str | None]:
-    from runstore.store import process_start_id
 
     pid = os.getpid()
     return pid, process_start_id(pid)

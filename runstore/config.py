@@ -33,9 +33,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from runstore.errors import RunstoreError
+from runstore.errors import InvalidInputError, RunstoreError
 from runstore.rules import CONFLICT_STRATEGIES as CONFLICT_STRATEGIES
 from runstore.rules import check_conflict_strategy as check_conflict_strategy
+from runstore.rules import check_folder
 
 
 class ConfigError(RunstoreError):
@@ -79,8 +80,6 @@ class Config:
     folder: str = "default"
     make_folder: bool = False
     conflict_strategy: str = "new"
-    syncd_concurrency: int = 2
-    syncd_only_auto_upload: bool = False
 
     @property
     def credentials(self) -> Credentials | None:
@@ -97,7 +96,6 @@ def load_config(directory: Path | None = None) -> Config:
     cfg = Config()
     server = data.get("server", {})
     upload = data.get("upload", {})
-    syncd = data.get("syncd", {})
     cfg.host = creds.get("host") or server.get("host")
     cfg.token = creds.get("token")
     where = directory / "config.toml"
@@ -110,15 +108,13 @@ def load_config(directory: Path | None = None) -> Config:
                                    upload.get("conflict_strategy", cfg.conflict_strategy), str)
     try:
         check_conflict_strategy(cfg.conflict_strategy)
-    except ValueError as exc:
+    except InvalidInputError as exc:
         raise ConfigError(f"{where}: upload.{exc}") from None
-    cfg.syncd_concurrency = _typed(where, "syncd.concurrency",
-                                   syncd.get("concurrency", cfg.syncd_concurrency), int)
-    cfg.syncd_only_auto_upload = _typed(
-        where, "syncd.only_auto_upload",
-        syncd.get("only_auto_upload", cfg.syncd_only_auto_upload), bool)
-    if cfg.syncd_concurrency < 1:
-        raise ConfigError(f"{where}: syncd.concurrency = {cfg.syncd_concurrency} must be >= 1")
+    try:
+        check_folder(cfg.folder)
+    except InvalidInputError as exc:
+        raise ConfigError(f"{where}: upload.folder: {exc}") from None
+    # [syncd] is the daemon's: syncd/settings.py parses it (one set of rules, in one place).
     if os.environ.get("RUNSTORE_SERVER"):
         cfg.host = os.environ["RUNSTORE_SERVER"]
     if os.environ.get("RUNSTORE_TOKEN"):

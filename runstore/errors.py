@@ -22,6 +22,11 @@ class InvalidTypeError(InvalidInputError, TypeError):
     """A value of the wrong type (t9k raises TypeError there)."""
 
 
+class RunStateError(RunstoreError, RuntimeError):
+    """The run is not in a state that allows this (logging to an ended run, finishing twice);
+    t9k raises RuntimeError here."""
+
+
 class StoreError(RunstoreError):
     """The local store cannot be opened or written."""
 

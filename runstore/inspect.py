@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from runstore.errors import AmbiguousError as AmbiguousRunError  # noqa: F401  (re-exported)
+from runstore.errors import InvalidValueError
 from runstore.rows import MIN_UUID_PREFIX as MIN_UUID_PREFIX
 from runstore.rows import read_metrics, remote_history
 from runstore.rows import resolve_run as resolve_run
@@ -120,7 +121,7 @@ def filter_runs(runs: Iterable[RunSummary], *, status: str | None = None,
     """Runs with this status, all of these labels, and a name or alternative name matching
     the glob pattern ``name`` (``*``, ``?``, ``[...]``; case-sensitive)."""
     if status is not None and status not in STATUSES:
-        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+        raise InvalidValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     wanted = set(labels)
     return [
         r for r in runs

@@ -1,8 +1,13 @@
-"""Process lifecycle of live runs: exit (normal, exception, sys.exit, SIGTERM) and fork.
+"""Process state, all of it, at the bottom of the import graph: the default store, the writer
+of each store, fork handling, and what happens to live runs at exit.
 
-At exit every run this process still has Running is flushed and marked Error (t9k: the script
-ended without finish()). A forked child never ends, nor writes the buffered rows of, the
-runs it inherited.
+Why one module: Run, Artifact, the t9k functions (api.py) and the CLI all need "the store of
+this process" and "the writer of that store"; keeping that state here (importing only store.py
+and writer.py) lets every module above use it without importing each other in a circle.
+
+At exit (normal, exception, sys.exit, SIGTERM) every run this process still has Running is
+flushed and marked Error (t9k: the script ended without finish()). A forked child never ends,
+nor writes the buffered rows of, the runs it inherited: it starts with empty buffers.
 """
 
 from __future__ import annotations
@@ -12,16 +17,47 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+from runstore.store import Store, default_home, reap_dead_runs
+from runstore.writer import Writer
+
+_lock = threading.Lock()
+_stores: dict[Path, Store] = {}
+_writers: dict[Path, Writer] = {}
 _exit_installed = False
-_exit_lock = threading.Lock()
+
+
+def default_store() -> Store:
+    """The store at RUNSTORE_HOME (or the user data dir), opened once per process."""
+    home = default_home().resolve()
+    with _lock:
+        store = _stores.get(home)
+        if store is None:
+            store = _stores[home] = Store(home)
+            reap_dead_runs(store)
+        return store
+
+
+def writer_for(store: Store) -> Writer:
+    """The one writer (flush thread) of this process for a store."""
+    with _lock:
+        writer = _writers.get(store.home)
+        if writer is None:
+            writer = _writers[store.home] = Writer(store)
+        return writer
+
+
+def all_writers() -> list[Writer]:
+    with _lock:
+        return list(_writers.values())
 
 
 def install_exit_handlers() -> None:
     """At exit (normal, exception, sys.exit, SIGTERM): flush, and mark unfinished runs Error."""
     global _exit_installed
-    with _exit_lock:
+    with _lock:
         if _exit_installed:
             return
         _exit_installed = True
@@ -39,8 +75,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _at_exit() -> None:
-    from runstore.api import all_writers
-
     for writer in all_writers():
         for run in writer.live_runs():
             try:
@@ -54,8 +88,16 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _exit_installed
+    """Inherited runs keep their rows with the parent; the child starts with empty buffers and
+    installs its own exit handlers when it starts a run."""
+    global _lock, _exit_installed
+    _lock = threading.Lock()
     _exit_installed = False
+    for writer in _writers.values():
+        writer._runs_lock = threading.Lock()
+        for run in list(writer._runs.values()):
+            run._pending.clear()
+            run._flush_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from runstore.artifact import Artifact
+from runstore.errors import InvalidTypeError
+
 ASSOCIATION_KINDS = ("Artifact", "Model", "Dataset", "branch", "tag", "commit")
 
 
 def association_entry(resource: Any) -> tuple[dict[str, Any], int | None]:
     """The t9k association entry of a resource (and its local artifact id), else TypeError."""
-    from runstore.artifact import Artifact
-
     if isinstance(resource, Artifact):
         return ({"kind": "Artifact", "name": resource.alternative_name,
                  "localDir": resource.local}, resource.id)
@@ -27,6 +28,6 @@ def association_entry(resource: Any) -> tuple[dict[str, Any], int | None]:
             return dict(resource), None
         if kind in ASSOCIATION_KINDS[1:] and set(resource) == {"kind", "id", "path"}:
             return dict(resource), None
-    raise TypeError(
+    raise InvalidTypeError(
         f"cannot mark {resource!r} as input/output: expected an Artifact, Model, Dataset, "
         "Branch, Tag or Commit")

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
+from runstore.errors import InvalidTypeError
 from runstore.rules import check_json_value
 
 
@@ -39,7 +40,7 @@ class Params(MutableMapping):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
-            raise TypeError(f"hyperparameter names must be str, not {key!r}")
+            raise InvalidTypeError(f"hyperparameter names must be str, not {key!r}")
         check_json(key, value)
         self._data[key] = value
         self._save()
@@ -70,7 +71,7 @@ class Params(MutableMapping):
         merged = dict(new_params or {}, **kwargs)
         for key, value in merged.items():
             if not isinstance(key, str):
-                raise TypeError(f"hyperparameter names must be str, not {key!r}")
+                raise InvalidTypeError(f"hyperparameter names must be str, not {key!r}")
             check_json(key, value)
         changed = False
         for key, value in merged.items():

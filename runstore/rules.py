@@ -112,7 +112,8 @@ def check_text(value: object, what: str, *, max_len: int, min_len: int = 0) -> s
 # -- names -----------------------------------------------------------------------------------
 def check_name(name: object, kind: str = "Run") -> str:
     """A run or artifact name, t9k's rule: 1-40 letters, digits, '_' or '-'."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    # fullmatch: with match(), '$' would also accept a trailing newline ('ab\n')
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _bad(f"invalid {kind} name {short(name)}: it must match {NAME_PATTERN}",
                    "1 to 40 letters, digits, '_' or '-', starting and ending with a letter "
                    "or digit, such as 'mnist-cnn'")

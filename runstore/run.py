@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runstore import capture
-from runstore.lifecycle import install_exit_handlers
+from runstore.errors import InvalidTypeError, InvalidValueError, RunStateError
+from runstore.lifecycle import default_store, install_exit_handlers, writer_for
 from runstore.lineage import association_entry
 from runstore.names import alternative_name as make_alternative_name
 from runstore.params import Params, check_json
@@ -55,8 +56,6 @@ class Run:
                  metrics: dict[str, list[dict[str, Any]]] | None = None,
                  platform: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
                  *, store: Store | None = None, _row: Any = None) -> None:
-        from runstore.api import default_store
-
         self._store = store or default_store()
         self._pending: collections.deque = collections.deque()
         self._flush_lock = threading.RLock()
@@ -85,7 +84,7 @@ class Run:
         description = check_description(metadata.get("description"))
         for key, value in hparams.items():
             if not isinstance(key, str):
-                raise TypeError(f"hyperparameter names must be str, not {key!r}")
+                raise InvalidTypeError(f"hyperparameter names must be str, not {key!r}")
             check_json(key, value)
         target = metadata.get("_target", {})
         check_folder(target.get("folder", "default"))
@@ -136,8 +135,6 @@ class Run:
 
     @property
     def _writer(self) -> Writer:
-        from runstore.api import writer_for
-
         return writer_for(self._store)
 
     def __repr__(self) -> str:
@@ -172,7 +169,7 @@ class Run:
     @description.setter
     def description(self, value: str) -> None:
         if not isinstance(value, str):
-            raise TypeError(f"description must be a str, not {value!r}")
+            raise InvalidTypeError(f"description must be a str, not {value!r}")
         check_description(value)
         self._update_columns(description=value)
         self._description = value
@@ -210,7 +207,7 @@ class Run:
         Values go through float(); the call only appends to an in-memory buffer.
         """
         if self._status != "Running":
-            raise RuntimeError(
+            raise RunStateError(
                 f"run {self._alternative_name!r} is {self._status}; "
                 "load_run() it to log more")
         ok = self._ok_text
@@ -234,11 +231,11 @@ class Run:
                 else:
                     values[key] = to_float(key, value)
         except AttributeError:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"metrics must be a dict of name -> number, not {short(metrics)}. "
                 "Try: run.log('train', {'loss': 0.1}, step=1)") from None
         except OverflowError:
-            raise TypeError(f"metric {short(key)} is an integer too large for a float. "
+            raise InvalidTypeError(f"metric {short(key)} is an integer too large for a float. "
                             "Try: log float(value) of a smaller number") from None
         pending = self._pending
         pending.append((type, values, step, epoch, time.time()))
@@ -258,7 +255,7 @@ class Run:
 
     def _end_run(self, status: str) -> None:
         if self._status != "Running":
-            raise RuntimeError(
+            raise RunStateError(
                 f"run {self._alternative_name!r} is already finished ({self._status})")
         self._writer.flush(self)
         end = now_iso()
@@ -334,15 +331,15 @@ class Run:
     def parse_from_dict(self, data: dict[str, Any]) -> None:
         """Set the metadata from a dict shaped like to_dict() (persisted)."""
         if data.get("kind", "Run") != "Run":
-            raise ValueError(f"not a Run dict: kind is {data.get('kind')!r}")
+            raise InvalidValueError(f"not a Run dict: kind is {data.get('kind')!r}")
         name = check_name(data.get("name", self._name))
         labels = _check_labels(data.get("labels", self._labels))
         description = check_description(data.get("description", self._description))
         status = data.get("status", self._status)
         if status not in ("Running", "Complete", "Error"):
-            raise ValueError(f"status {status!r} is not Running, Complete or Error")
+            raise InvalidValueError(f"status {status!r} is not Running, Complete or Error")
         if status == "Running" and self._status != "Running":
-            raise ValueError(f"status 'Running' would re-open the ended run "
+            raise InvalidValueError(f"status 'Running' would re-open the ended run "
                              f"{self._alternative_name!r}; use load_run() to go on with it")
         columns = {
             "name": name, "labels": _json(labels),
@@ -355,7 +352,7 @@ class Run:
         if alt != self._alternative_name:
             check_alternative_name(alt)
             if self._store.read("SELECT 1 FROM runs WHERE alternative_name = ?", (alt,)):
-                raise ValueError(f"alternativeName {alt!r} belongs to another run in this "
+                raise InvalidValueError(f"alternativeName {alt!r} belongs to another run in this "
                                  "store; use load_run() to open that run")
             columns["alternative_name"] = alt
         assoc = data.get("associations")

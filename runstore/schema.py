@@ -196,4 +196,51 @@ WHEN (SELECT status FROM runs WHERE id = OLD.run_id) IN {_ENDED}
 BEGIN{_BUMP.format(run="OLD.run_id")}END;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]
+# Bundles across an air gap (docs/AIRGAP.md): a stable id for this store, the bundles it
+# exported and how far each run went out in them (watermarks), and the bundles it imported.
+MIGRATION_3 = """
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+
+CREATE TABLE bundle_exports (
+    sequence    INTEGER PRIMARY KEY,
+    bundle_id   TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    run_count   INTEGER NOT NULL,
+    metric_rows INTEGER NOT NULL
+);
+
+CREATE TABLE bundle_watermarks (
+    run_id        INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    rows_exported INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    sequence      INTEGER NOT NULL
+);
+
+CREATE TABLE bundle_blobs_exported (
+    sha256   TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+
+CREATE TABLE bundle_imports (
+    bundle_id    TEXT PRIMARY KEY,
+    source_store TEXT NOT NULL,
+    sequence     INTEGER NOT NULL,
+    imported_at  TEXT NOT NULL,
+    source_path  TEXT NOT NULL,
+    run_count    INTEGER NOT NULL
+);
+CREATE INDEX bundle_imports_source ON bundle_imports(source_store, sequence);
+
+CREATE TABLE bundle_run_origin (
+    run_id       INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    source_store TEXT NOT NULL,
+    sequence     INTEGER NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]

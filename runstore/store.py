@@ -27,6 +27,7 @@ from pathlib import Path
 
 from runstore.errors import StoreError, StoreFullError
 from runstore.schema import MIGRATIONS
+from runstore.timeutil import iso_from_unix
 
 DB_NAME = "runstore.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -322,7 +323,6 @@ def reap_dead_runs(store: Store, *, host: str | None = None,
     Returns the alternative names of the runs marked. Everything flushed before the death is
     kept; the trigger on runs makes them pending for sync.
     """
-    from runstore.timeutil import iso_from_unix
 
     host = host or hostname()
     now = time.time() if now is None else now

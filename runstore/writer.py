@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from runstore.errors import StoreError
+from runstore.errors import InvalidTypeError, StoreError
 from runstore.rules import short
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _float = float
 def to_float(key: str, value: Any) -> float:
     """float(value) for numbers, numpy/torch scalars and one-element arrays; else TypeError."""
     if isinstance(value, (str, bytes, bytearray)) or value is None or isinstance(value, dict):
-        raise TypeError(
+        raise InvalidTypeError(
             f"metric {short(key)} has value {short(value)} of type {type(value).__name__}. "
             "Try: log numbers (int, float, numpy or torch scalars) only")
     item = getattr(value, "item", None)
@@ -54,12 +54,12 @@ def to_float(key: str, value: Any) -> float:
         if numel is not None:
             size = numel()
         if size != 1:
-            raise TypeError(f"metric {short(key)} is an array of {size} elements. "
+            raise InvalidTypeError(f"metric {short(key)} is an array of {size} elements. "
                             "Try: log one number")
     try:
         return _float(item() if item is not None else value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise InvalidTypeError(
             f"metric {short(key)} has value {short(value)} of type {type(value).__name__} that "
             f"float() refuses ({exc}). Try: log numbers only") from exc
 

@@ -98,7 +98,10 @@ def main() -> None:
 
         banner("the local store")
         sh(runstore, "ls", "-d", env=env)
-        sh(runstore, "describe", "logreg", "-d", env=env)
+        # three runs are named logreg: a run is named by its alternative name (or UUID)
+        latest = json.loads(subprocess.run([runstore, "ls", "--json"], env=env, text=True,
+                                           capture_output=True, check=True).stdout)[-1]
+        sh(runstore, "describe", latest["alternative_name"], "-d", env=env)
         banner("which run had the best val accuracy with lr < 0.1? (plain SQL)")
         sh(runstore, "sql",
            "SELECT h.alternative_name, h.value AS lr, s.max_value AS best_val_accuracy "

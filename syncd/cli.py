@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import faulthandler
-import functools
 import json
 import os
 import signal
@@ -18,8 +17,10 @@ from typing import Any
 import click
 
 from runstore import syncstate
-from runstore.errors import RunstoreError
-from syncd import daemon, lock, logs, loop, service
+from runstore.cli.base import user_errors
+from runstore.rows import resolve_run
+from runstore.store import Store
+from syncd import daemon, drop, lock, logs, loop, service
 from syncd.errors import SyncError
 from syncd.settings import Settings, load_settings
 
@@ -73,24 +74,24 @@ def _load(flags: dict[str, Any]) -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become one-line `Error: ...` messages with exit code 1."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (SyncError, RunstoreError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    return wrapper
+# Library errors (SyncError is a RunstoreError) become one-line `Error: ...`, exit code 1.
+_errors = user_errors
 
 
 @main.command("run")
 @_settings_options
+@click.option("--to-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Drop mode: write bundles of finished runs here; upload nothing.")
+@click.option("--from-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Drop mode: import bundles that appear here and upload their runs.")
 @_errors
-def run_cmd(**flags: Any) -> None:
+def run_cmd(to_dir: Path | None, from_dir: Path | None, **flags: Any) -> None:
     """Run the daemon in the foreground (what the service manager runs)."""
     settings = _load(flags)
     logs.setup(settings.log_level)
+    export_dir = drop.drop_dir(settings, to_dir)
+    if export_dir is not None or from_dir is not None:
+        sys.exit(_run_drop(settings, export_dir, from_dir))
     daemon.check_logged_in(settings)
     # `kill -USR1 <pid>` prints every thread's stack to the journal: a hung upload is visible.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -99,15 +100,37 @@ def run_cmd(**flags: Any) -> None:
     sys.exit(code)
 
 
+def _run_drop(settings: Settings, to_dir: Path | None, from_dir: Path | None) -> int:
+    """`syncd run --to-dir` / `--from-dir` (docs/AIRGAP.md)."""
+    if to_dir is not None and from_dir is not None:
+        raise click.UsageError("give --to-dir or --from-dir, not both (a node either writes "
+                               "bundles or imports them)")
+    if to_dir is not None:
+        with lock.acquire(settings.home):
+            return drop.run_drop(settings, to_dir=to_dir)
+    daemon.check_logged_in(settings)
+    staging = settings.home / drop.STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    with lock.acquire(staging):
+        return drop.run_drop(settings, from_dir=from_dir, client_factory=lambda: (
+            daemon.default_client_factory(settings, time.sleep)))
+
+
 @main.command("once")
 @_settings_options
 @_errors
 def once_cmd(**flags: Any) -> None:
     """Upload everything due now, then exit (non-zero if anything failed)."""
-    from runstore.store import Store
 
     settings = _load(flags)
     logs.setup(settings.log_level)
+    export_dir = drop.drop_dir(settings, None)
+    if export_dir is not None:  # drop mode: one bundle of what changed, if anything did
+        with lock.acquire(settings.home):
+            written = drop.export_once(settings.home, export_dir)
+        click.echo(f"bundle written: {written}" if written else
+                   "nothing new since the last export; no bundle written")
+        return
     daemon.check_logged_in(settings)
     with lock.acquire(settings.home):
         store = Store(settings.home)
@@ -135,7 +158,6 @@ def _iso(ts: float | None) -> str | None:
 
 def status_report(settings: Settings, include_synced: bool = False) -> dict[str, Any]:
     """What `syncd status` shows: the daemon, the queue figures and the runs needing care."""
-    from runstore.store import Store
 
     store = Store(settings.home)
     try:
@@ -152,9 +174,13 @@ def status_report(settings: Settings, include_synced: bool = False) -> dict[str,
     finally:
         store.close()
     pid = lock.running_pid(settings.home)
-    return {"store": str(settings.home), "server": settings.host,
-            "daemon": {"running": pid is not None, "pid": pid},
-            "counts": counts, "runs": runs}
+    report = {"store": str(settings.home), "server": settings.host,
+              "daemon": {"running": pid is not None, "pid": pid},
+              "counts": counts, "runs": runs}
+    bundles = drop.bundle_status(settings.home)
+    if any(bundles.values()):
+        report["bundles"] = bundles
+    return report
 
 
 def _render_status(report: dict[str, Any], now: float) -> str:
@@ -184,6 +210,7 @@ def _render_status(report: dict[str, Any], now: float) -> str:
             lines.append("  ".join(parts))
     if c["failed"]:
         lines += ["", "Try: fix the cause, then `syncd retry RUN` or `syncd retry --all-failed`."]
+    lines += drop.render_bundle_status(report.get("bundles"))
     return "\n".join(lines)
 
 
@@ -210,8 +237,6 @@ def status_cmd(as_json: bool, include_synced: bool, home: Path | None) -> None:
 def retry_cmd(run: str | None, all_failed: bool, home: Path | None) -> None:
     """Put a failed run (UUID, alternative name, directory or unique name: the rule of
     runstore.rows.resolve_run) or all failed runs back in the queue."""
-    from runstore.rows import resolve_run
-    from runstore.store import Store
 
     if bool(run) == all_failed:
         raise click.UsageError("give either RUN or --all-failed")

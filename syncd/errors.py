@@ -1,9 +1,15 @@
-"""Exceptions of the sync daemon: one base class, one subclass per condition."""
+"""Exceptions of the sync daemon: one base class, one subclass per condition.
+
+SyncError is a RunstoreError, so the one CLI edge (runstore.cli.base.user_errors) turns each
+into a one-line `Error: ...`.
+"""
 
 from __future__ import annotations
 
+from runstore.errors import RunstoreError
 
-class SyncError(Exception):
+
+class SyncError(RunstoreError):
     """Base class of every error syncd raises on purpose."""
 
 

@@ -18,6 +18,8 @@
     fallback_interval_s = 30       # slow tick for missed file events
     max_backoff_s = 300            # cap of a run's retry backoff
     log_level = "INFO"
+    target = "dir:/mnt/transfer"   # drop mode: write bundles there, upload nothing (AIRGAP.md)
+    bundle_interval_s = 600        # drop mode: a bundle of live runs' new rows this often
 
 Environment: RUNSTORE_HOME, RUNSTORE_SERVER, RUNSTORE_TOKEN (via runstore.config), and
 RUNSTORE_SYNCD_<KEY> for each key of [syncd] (e.g. RUNSTORE_SYNCD_CONCURRENCY=4).
@@ -37,7 +39,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from runstore.config import ConfigError, check_conflict_strategy, config_dir, load_config
+from runstore.config import ConfigError, config_dir, load_config
+from runstore.errors import InvalidInputError
+from runstore.rules import check_conflict_strategy, check_folder
 from runstore.store import default_home
 from syncd.errors import SettingsError
 
@@ -61,6 +65,8 @@ class Settings:
     fallback_interval_s: float = 30.0
     max_backoff_s: float = 300.0
     log_level: str = "INFO"
+    target: str | None = None          # "dir:PATH": drop mode (docs/AIRGAP.md)
+    bundle_interval_s: float = 600.0
 
     def public(self) -> dict[str, Any]:
         """The settings without the token (for logs and `syncd status --json`)."""
@@ -70,10 +76,11 @@ class Settings:
         return out
 
 
-# [syncd] keys read here; concurrency/only_auto_upload also pass through load_config().
+# [syncd] keys: parsed here only (file and environment by the same _parse, then _check).
 _SYNCD_KEYS: dict[str, type] = {
     "concurrency": int, "only_auto_upload": bool, "live_interval_s": float,
     "fallback_interval_s": float, "max_backoff_s": float, "log_level": str,
+    "target": str, "bundle_interval_s": float,
 }
 
 
@@ -103,9 +110,15 @@ def _check(s: Settings) -> Settings:
                             "live_interval_s >= 0")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if s.target is not None and not (s.target.startswith("dir:") and len(s.target) > 4):
+        raise SettingsError(f"target {s.target!r} is not a drop directory. Try: target = "
+                            '"dir:/mnt/transfer" (or leave it out to upload to the server)')
+    if s.bundle_interval_s <= 0:
+        raise SettingsError(f"bundle_interval_s {s.bundle_interval_s} must be > 0")
     try:
         check_conflict_strategy(s.conflict_strategy)
-    except ValueError as exc:
+        check_folder(s.folder)
+    except InvalidInputError as exc:
         raise SettingsError(str(exc)) from None
     return s
 
@@ -141,8 +154,7 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     values: dict[str, Any] = {
         "home": home, "host": cfg.host, "token": cfg.token, "timeout_s": cfg.timeout_s,
         "folder": cfg.folder, "make_folder": cfg.make_folder,
-        "conflict_strategy": cfg.conflict_strategy, "concurrency": cfg.syncd_concurrency,
-        "only_auto_upload": cfg.syncd_only_auto_upload,
+        "conflict_strategy": cfg.conflict_strategy,
     }
     values.update(syncd_values)
     for key, kind in _SYNCD_KEYS.items():

@@ -1,14 +1,23 @@
 """Command line: `runstore ...`. Each module registers its commands on the group in base.py.
 
-local.py   ls, describe, sql             (the local store)
-remote.py  login, logout, upload         (talking to a server)
-server.py  serve, user                   (running a server)
-doctor.py  doctor                        (stored values the server would refuse)
-scale.py   serve --workers, server migrate  (several processes; SQLite -> PostgreSQL + S3)
+local.py    ls, describe, sql             (the local store)
+remote.py   login, logout, upload         (talking to a server)
+server.py   serve (also --workers N), user
+scale.py    server migrate                (SQLite + directory -> PostgreSQL + S3)
+doctor.py   doctor                        (stored values the server would refuse)
+transfer.py export, import                (bundles across an air gap; t9k .em directories)
+ui.py       ui                            (the web UI over the local store)
 """
 
-import runstore.cli.scale  # noqa: F401  (serve --workers, server migrate)
-from runstore.cli import doctor, local, remote, server  # noqa: F401  (registers the commands)
+from runstore.cli import (  # noqa: F401  (registers the commands)
+    doctor,
+    local,
+    remote,
+    scale,
+    server,
+    transfer,
+    ui,
+)
 from runstore.cli.base import main
 
 __all__ = ["main"]

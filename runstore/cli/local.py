@@ -20,12 +20,11 @@ from runstore import inspect as runinfo
 from runstore import query
 from runstore.cli.base import main
 from runstore.cli.base import user_errors as _user_errors
+from runstore.lifecycle import default_store
 
 
 def _store():
     """The local store, with runs whose process died marked Error (as the SDK does)."""
-    from runstore.api import default_store
-
     return default_store()
 
 

@@ -4,11 +4,12 @@ runstore.server."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
-from runstore.cli.base import main
+from runstore.cli.base import main, user_errors
 
 
 def _default_data_dir() -> Path:
@@ -59,6 +60,43 @@ def _database(data_dir: Path | None, url: str | None = None):
     return _open_database(url, data_dir)
 
 
+_ENV_DATA = "RUNSTORE_SERVE_DATA"
+_ENV_DB = "RUNSTORE_DATABASE_URL"
+_ENV_BLOBS = "RUNSTORE_BLOBS"
+
+
+def serve_workers(data_dir: Path, host: str, port: int, database_url: str | None,
+                  log_level: str, blobs: str | None, workers: int) -> None:
+    """N uvicorn worker processes on one port. They share nothing but the database and the
+    blob store, so the database must be PostgreSQL (SQLite's in-process write lock would not
+    span processes)."""
+    import uvicorn
+
+    if not database_url or database_url.startswith("sqlite"):
+        raise click.ClickException(
+            f"--workers {workers} needs a shared database, not SQLite. "
+            "Try: --database postgresql://USER@HOST/DB (or --workers 1)")
+    os.environ[_ENV_DATA] = str(data_dir)
+    os.environ[_ENV_DB] = database_url
+    if blobs:
+        os.environ[_ENV_BLOBS] = blobs
+    else:
+        os.environ.pop(_ENV_BLOBS, None)
+    app_from_env()  # fail here, once, with a clear message (bad URL, bad --blobs)
+    click.echo(f"runstore server on http://{host}:{port} ({workers} workers)", err=True)
+    uvicorn.run("runstore.cli.server:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, timeout_keep_alive=30)
+
+
+def app_from_env():
+    """The app of one worker process, configured through the environment by serve_workers."""
+    from runstore.server.app import create_app
+
+    data = Path(os.environ[_ENV_DATA])
+    database = _open_database(os.environ[_ENV_DB], data)
+    return _checked_app(create_app, data, database, os.environ.get(_ENV_BLOBS))
+
+
 @main.command()
 @data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -77,8 +115,6 @@ def serve(data_dir: Path | None, host: str, port: int, database_url: str | None,
           log_level: str, blobs: str | None, workers: int) -> None:
     """Run the runstore server (FastAPI on uvicorn)."""
     if workers > 1:
-        from runstore.cli.scale import serve_workers
-
         serve_workers(data_dir or _default_data_dir(), host, port, database_url, log_level,
                       blobs, workers)
         return
@@ -120,30 +156,27 @@ def user() -> None:
 @click.argument("name")
 @data_option
 @database_option
+@user_errors
 def user_add(name: str, data_dir: Path | None, database_url: str | None) -> None:
     """Create a user and print its API token (shown only this once)."""
     from runstore.server import auth
-    from runstore.server.paths import BadPath
 
-    try:
-        token = auth.add_user(_database(data_dir, database_url), name)
-    except (BadPath, auth.UserExists) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(token)
+    click.echo(auth.add_user(_database(data_dir, database_url), name))
 
 
 @user.command("token")
 @click.argument("name")
+@click.option("--t9k", "t9k_key", is_flag=True,
+              help="A t9k API key (a UUID) for unmodified t9k clients (see docs/T9K.md).")
 @data_option
 @database_option
-def user_token(name: str, data_dir: Path | None, database_url: str | None) -> None:
-    """Print a new additional API token for an existing user."""
+@user_errors
+def user_token(name: str, t9k_key: bool, data_dir: Path | None, database_url: str | None) -> None:
+    """Print a new additional API token (or t9k API key) for an existing user."""
     from runstore.server import auth
 
-    try:
-        click.echo(auth.new_token(_database(data_dir, database_url), name))
-    except auth.NoSuchUser as exc:
-        raise click.ClickException(str(exc)) from exc
+    new = auth.new_t9k_key if t9k_key else auth.new_token
+    click.echo(new(_database(data_dir, database_url), name))
 
 
 @user.command("list")
@@ -170,15 +203,13 @@ def user_list(data_dir: Path | None, database_url: str | None, as_json: bool) ->
 @click.option("--token-id", default=None, help="Revoke only this token (see `user list`).")
 @data_option
 @database_option
+@user_errors
 def user_revoke(name: str, token_id: str | None, data_dir: Path | None,
                 database_url: str | None) -> None:
     """Revoke all tokens of a user (or one with --token-id)."""
     from runstore.server import auth
 
-    try:
-        n = auth.revoke(_database(data_dir, database_url), name, token_id)
-    except auth.NoSuchUser as exc:
-        raise click.ClickException(str(exc)) from exc
+    n = auth.revoke(_database(data_dir, database_url), name, token_id)
     if token_id is not None and n == 0:
         raise click.ClickException(f"user {name!r} has no active token {token_id!r}")
     click.echo(f"revoked {n} token(s) of {name}")

@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from runstore import rules
+from runstore.config import load_config
 from runstore.errors import (
     ConflictError,
     NotLoggedInError,
@@ -92,8 +93,6 @@ class Client:
     @classmethod
     def from_config(cls, config=None, **kw: Any) -> Client:
         """A client from config + credentials (+ RUNSTORE_SERVER/RUNSTORE_TOKEN)."""
-        from runstore.config import load_config
-
         config = config or load_config()
         if not config.host or not config.token:
             raise NotLoggedInError("not logged in to a runstore server. Try: runstore login "

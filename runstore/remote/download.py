@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any
 
+from runstore import syncstate
 from runstore.errors import InvalidInputError, NotFoundError, PermanentRemoteError
 from runstore.protocol import decode_value
 from runstore.remote.client import Client
@@ -198,8 +199,6 @@ def download_run(store: Store, path: str, client: Client) -> str:
         if meta["status"] != "Running":
             # This copy is what the server holds: in sync, so a change made to it here
             # (an edit, load_run) makes it pending like any synced run.
-            from runstore import syncstate
-
             syncstate.mark_synced(conn, uuid, detail["path"], offset)
         _history(conn, "run", uuid, client, detail["path"])
     return uuid

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from runstore import rules
+from runstore import rules, syncstate
 from runstore.errors import PermanentRemoteError, RunstoreError
 from runstore.protocol import BLOB_PART_BYTES, METRIC_CHUNK_ROWS, encode_metric_row
 from runstore.remote.client import Client
@@ -496,8 +496,6 @@ def _mark_done(store: Store, run_uuid: str, remote_path: str, sent: _State, clie
     server's copy is not all of it and the run stays pending (the end or the edit made it
     pending again). Returns whether it was marked.
     """
-    from runstore import syncstate
-
     with store.write() as conn:
         now = conn.execute(f"SELECT {_State.COLUMNS} FROM runs WHERE uuid = ?",
                            (run_uuid,)).fetchone()

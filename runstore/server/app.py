@@ -7,7 +7,9 @@ them into request validation and an OpenAPI document for free, it streams reques
 Two guards wrap every route, in a plain ASGI middleware so that no route can skip them:
 * a body size limit, enforced on Content-Length up front and on the bytes as they stream in
   (413 before anything is buffered);
-* bearer-token authentication for every path except PUBLIC_PATHS.
+* bearer-token authentication for every path except PUBLIC_PATHS; under t9k.PREFIX (the
+  t9k compatibility API) authentication by the ``apikey=`` query parameter only; the web UI's
+  paths (``/`` and ``/ui/...``, runstore/ui/apps.py) log in with a session cookie instead.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
 from runstore import protocol as p
-from runstore.server import artifacts, reads, service
+from runstore.server import artifacts, reads, service, t9k
 from runstore.server.auth import AuthError, User, authenticate
 from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
+from runstore.ui.apps import mount_server_ui
+from runstore.ui.routes import is_ui_path
 
 API = p.API_PREFIX
 # The only paths served without a token: liveness, and the API description (no data in it).
@@ -56,6 +60,9 @@ class Gate:
             return await self.app(scope, receive, send)
         path = scope["path"]
         limit = self.upload_limit if path.startswith(UPLOAD_PREFIX) else self.json_limit
+        compat = t9k.under_prefix(path)
+        if compat:
+            limit = max(limit, t9k.BODY_LIMIT)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
@@ -67,7 +74,11 @@ class Gate:
                 resp = _json(413, f"request body larger than {limit} bytes", "too_large",
                              {"Connection": "close"})
                 return await resp(scope, receive, send)
-        if path not in PUBLIC_PATHS:
+        if compat:
+            refused = await run_in_threadpool(t9k.authenticate, self.database, scope)
+            if refused is not None:
+                return await refused(scope, receive, send)
+        elif path not in PUBLIC_PATHS and not is_ui_path(path):
             auth = headers.get(b"authorization")
             try:
                 user = await run_in_threadpool(
@@ -265,6 +276,8 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
         _checked(check_uuid, uuid)
         return read(artifacts.artifact_detail, _user(request), uuid)
 
+    t9k.register(app, database, blob_store, data_dir)
+    mount_server_ui(app, database, blob_store)
     return app
 
 

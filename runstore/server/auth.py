@@ -12,27 +12,22 @@ import hmac
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from runstore.server import db
+from runstore.server.errors import AuthError as AuthError
+from runstore.server.errors import NoSuchUser as NoSuchUser
+from runstore.server.errors import UserExists as UserExists
 from runstore.server.paths import check_user
 
 TOKEN_RE = re.compile(r"rst_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
-
-
-class AuthError(Exception):
-    """No valid token (401)."""
-
-
-class UserExists(ValueError):
-    pass
-
-
-class NoSuchUser(LookupError):
-    pass
+# A t9k API key (the `apikey=` query parameter of the t9k compatibility API): a lower-case
+# UUID, stored like a token (sha256, revocable); its row id is derived from that hash.
+T9K_KEY_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +64,7 @@ def new_token(database: db.Database, name: str) -> str:
     with database.write() as conn:
         row = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
         if row is None:
-            raise NoSuchUser(f"no user {name!r}")
+            raise NoSuchUser(f"no user {name!r}. Try: runstore user list")
         return _new_token(conn, row.id, name)
 
 
@@ -79,10 +74,49 @@ def _new_token(conn, user_id: int, name: str) -> str:
     conn.execute(db.tokens.insert().values(
         id=token_id, user_id=user_id, token_hash=_hash(token), created_at=time.time()))
     # Also ensure the user's root folder exists, so /<user> is listable from the start.
-    from runstore.server.service import ensure_root_folder
-
     ensure_root_folder(conn, user_id, name)
     return token
+
+
+def ensure_root_folder(conn, user_id: int, name: str) -> None:
+    """Create the user's root folder /<name> unless it exists (service.py uses it too)."""
+    path = f"/{name}"
+    if conn.execute(select(db.folders.c.id).where(db.folders.c.path == path)).first() is None:
+        db.insert_ignore(conn, db.folders, owner_id=user_id, path=path, parent_id=None,
+                         created_at=time.time())
+
+
+def new_t9k_key(database: db.Database, name: str) -> str:
+    """A t9k API key (a lower-case UUID) for an existing user; listed and revoked like tokens,
+    under the id ``t9k-<12 hex>``."""
+    key = str(uuid.uuid4())
+    with database.write() as conn:
+        row = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
+        if row is None:
+            raise NoSuchUser(f"no user {name!r}")
+        conn.execute(db.tokens.insert().values(
+            id=_t9k_key_id(key), user_id=row.id, token_hash=_hash(key), created_at=time.time()))
+        ensure_root_folder(conn, row.id, name)
+    return key
+
+
+def _t9k_key_id(key: str) -> str:
+    return "t9k-" + _hash(key)[:12]
+
+
+def authenticate_t9k(database: db.Database, key: str | None) -> User:
+    """The user of a t9k API key, or AuthError."""
+    if not key or not T9K_KEY_RE.fullmatch(key):
+        raise AuthError("invalid api key")
+    with database.read() as conn:
+        row = conn.execute(
+            select(db.tokens.c.token_hash, db.tokens.c.revoked_at, db.users.c.id, db.users.c.name)
+            .join(db.users, db.users.c.id == db.tokens.c.user_id)
+            .where(db.tokens.c.id == _t9k_key_id(key))).first()
+    stored = row.token_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(_hash(key), stored) or row is None or row.revoked_at is not None:
+        raise AuthError("invalid api key")
+    return User(row.id, row.name)
 
 
 def list_users(database: db.Database) -> list[dict]:
@@ -104,7 +138,7 @@ def revoke(database: db.Database, name: str, token_id: str | None = None) -> int
     with database.write() as conn:
         user = conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first()
         if user is None:
-            raise NoSuchUser(f"no user {name!r}")
+            raise NoSuchUser(f"no user {name!r}. Try: runstore user list")
         stmt = update(db.tokens).where(db.tokens.c.user_id == user.id,
                                        db.tokens.c.revoked_at.is_(None))
         if token_id is not None:

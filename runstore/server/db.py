@@ -173,8 +173,68 @@ lineage = Table(
     Column("entry", Text, nullable=False),
 )
 
+# t9k compatibility (runstore/server/t9k): the files of runs uploaded by t9k clients that are
+# kept as bytes (stdout.log and any file the server does not parse), and for each
+# metrics/<type>.yaml how many of its records are already rows in ``metrics``, and the length
+# and sha256 of the part of the file they came from (the next upload parses only the rest).
+t9k_run_files = Table(
+    "t9k_run_files", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", _name(1024), primary_key=True),
+    Column("sha256", String(64), ForeignKey("blobs.sha256")),
+    Column("size_bytes", Int64),
+    Column("records", Int64, nullable=False, default=0),
+    Column("parsed_bytes", Int64, nullable=False, default=0),
+    Column("prefix_sha256", String(64)),
+)
+
+# The web UI's reads of long series (runstore/server/rollups.py keeps both tables up to date in
+# insert_metric_rows): one summary row per (run, type, key) -- count, NaNs, step range, min, max,
+# last -- and per-level step buckets (bucket = step >> 3*level) holding the same aggregates, so a
+# chart of a million points reads about a thousand rows. Deleting a run deletes them (cascade).
+def _series_columns() -> list[Column]:
+    return [Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"),
+                   primary_key=True),
+            Column("type", _name(256), primary_key=True),
+            Column("key", _name(256), primary_key=True)]
+
+
+def _aggregate_columns() -> list[Column]:
+    return [Column("n", Int64, nullable=False), Column("nan_count", Int64, nullable=False),
+            Column("min_value", Float), Column("max_value", Float), Column("last_value", Float),
+            Column("last_step", Int64, nullable=False), Column("last_seq", Int64, nullable=False)]
+
+
+metric_series = Table(
+    "metric_series", metadata, *_series_columns(),
+    Column("min_step", Int64, nullable=False), Column("max_step", Int64, nullable=False),
+    *_aggregate_columns(),
+)
+metric_rollups = Table(
+    "metric_rollups", metadata, *_series_columns(),
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("bucket", Int64, primary_key=True, autoincrement=False),
+    *_aggregate_columns(),
+)
+
+# Web UI sessions (runstore/ui/sessions.py): the sha256 of the cookie's secret, bound to the
+# API token the user logged in with, so revoking that token ends the session too.
+ui_sessions = Table(
+    "ui_sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_id", String(32), ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 Index("lineage_artifact", lineage.c.artifact_id)
+# Raw points of one series in a step range (a zoomed chart).
+Index("metrics_series_step", metrics.c.run_id, metrics.c.type, metrics.c.key, metrics.c.step)
 Index("runs_folder", runs.c.folder_id)
+# The web UI's runs table: a folder's runs in start or name order without sorting them all.
+Index("runs_folder_start", runs.c.folder_id, runs.c.start_timestamp)
+Index("runs_folder_run_name", runs.c.folder_id, runs.c.run_name)
 Index("artifacts_folder", artifacts.c.folder_id)
 
 
@@ -278,47 +338,3 @@ def insert_returning_id(conn: Connection, statement: Insert) -> int:
     if key is None:  # only for executemany, which a single-row insert never is
         raise RuntimeError("the database returned no primary key for a single-row insert")
     return int(key[0])
-
-
-METRIC_COLUMNS = ("run_id", "seq", "type", "key", "step", "epoch", "value", "timestamp")
-_SQLITE_METRIC_INSERT = (f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-_PG_METRIC_COPY = f"COPY metrics ({', '.join(METRIC_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_PG_METRIC_TYPES = ("int4", "int8", "text", "text", "int8", "int8", "float8", "text")
-
-
-class UnstorableValue(ValueError):
-    """A metric value the database refuses (a NUL character on PostgreSQL)."""
-
-
-def insert_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tuple]) -> None:
-    """Insert decoded rows as seq offset.. : the one way the server stores metric rows.
-
-    The engine's bulk path, inside the caller's transaction: SQLite ``executemany`` of one
-    prepared statement; PostgreSQL binary ``COPY`` through psycopg. Both skip SQLAlchemy's
-    per-row parameter processing, which cost more than the insert itself (the ingest fast
-    path, benchmarks/ingest.py). A duplicate key still fails (the primary key holds on both).
-    """
-    if conn.dialect.name == "postgresql":
-        _copy_metric_rows(conn, run_id, offset, rows)
-        return
-    conn.exec_driver_sql(_SQLITE_METRIC_INSERT,
-                         [(run_id, offset + i, *r) for i, r in enumerate(rows)])
-
-
-def _copy_metric_rows(conn: Connection, run_id: int, offset: int, rows: list[tuple]) -> None:
-    import psycopg
-
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    try:
-        with raw.cursor() as cur, cur.copy(_PG_METRIC_COPY) as copy:
-            copy.set_types(_PG_METRIC_TYPES)
-            write_row = copy.write_row
-            seq = offset
-            for r in rows:
-                write_row((run_id, seq, *r))
-                seq += 1
-    except psycopg.DataError as exc:
-        raise UnstorableValue(
-            f"a value cannot be stored: {str(exc).splitlines()[0]}") from None

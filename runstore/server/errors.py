@@ -1,9 +1,33 @@
-"""Errors the server's operations raise; app.py maps each to one HTTP status and one line."""
+"""Errors the server raises, in one tree under runstore.errors.RunstoreError.
+
+ServiceError and its subclasses are what the routes' operations raise; app.py maps each to one
+HTTP status and one line. AuthError is a missing or bad token (401). UserExists and NoSuchUser
+come from user administration (`runstore user ...`, where the CLI edge prints them). A name or
+path refused by runstore.rules is runstore.errors.InvalidInputError (server/paths.py: BadPath).
+"""
 
 from __future__ import annotations
 
+from runstore.errors import NotFoundError, RunstoreError
 
-class ServiceError(Exception):
+
+class ServerError(RunstoreError):
+    """Base class of the server's own errors."""
+
+
+class AuthError(ServerError):
+    """No valid token (401)."""
+
+
+class UserExists(ServerError, ValueError):
+    """`runstore user add` of a name that is taken."""
+
+
+class NoSuchUser(NotFoundError, ServerError):
+    """A user administration command names a user that does not exist."""
+
+
+class ServiceError(ServerError):
     status_code = 400
     code = "bad_request"
 

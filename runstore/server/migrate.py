@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import Integer, func, select, text
 
-from runstore.server import db
+from runstore.server import db, metricrows
 from runstore.server.blobs import Backend, LocalBackend, open_backend
 
 BATCH = 5_000
@@ -106,6 +106,10 @@ def _copy_tables(source: db.Database, target: db.Database,
         for table in db.metadata.sorted_tables:
             if table is db.metrics:
                 n = _copy_metrics(src, dst)
+            elif table in (db.metric_series, db.metric_rollups, db.ui_sessions):
+                # the series summaries and rollups are rebuilt by insert_metric_rows as the
+                # metric rows go in; UI sessions are not carried over (users sign in again)
+                continue
             else:
                 n = 0
                 order = list(table.primary_key.columns) or list(table.columns)
@@ -137,7 +141,7 @@ def _copy_metrics(src, dst) -> int:
 
     def flush() -> None:
         if rows and run_id is not None:
-            db.insert_metric_rows(dst, run_id, first, rows)
+            metricrows.insert_metric_rows(dst, run_id, first, rows)
 
     for r in result:
         if r.run_id != run_id or len(rows) >= METRIC_BATCH or r.seq != first + len(rows):

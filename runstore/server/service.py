@@ -18,8 +18,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from runstore import protocol as p
-from runstore.server import db
-from runstore.server.auth import User
+from runstore.server import db, metricrows
+from runstore.server.auth import User, ensure_root_folder
 from runstore.server.errors import Conflict, Forbidden, Invalid, NameConflict, NotFound, OffsetGap
 from runstore.server.paths import (
     BadPath,
@@ -40,14 +40,6 @@ def invalid(exc: BadPath) -> Invalid:
 
 
 # -- folders ---------------------------------------------------------------------------------
-def ensure_root_folder(conn: Connection, user_id: int, name: str) -> None:
-    """Create the user's root folder /<name> unless it exists."""
-    path = f"/{name}"
-    if conn.execute(select(db.folders.c.id).where(db.folders.c.path == path)).first() is None:
-        db.insert_ignore(conn, db.folders, owner_id=user_id, path=path, parent_id=None,
-                         created_at=time.time())
-
-
 def own_parts(user: User, path: str, *, writing: bool) -> list[str]:
     """The path's segments; Forbidden (writing) or NotFound unless it is under the user's root."""
     try:
@@ -239,8 +231,8 @@ def append_metrics(conn: Connection, user: User, uuid: str, offset: int,
     fresh = rows[count - offset:]
     if fresh:
         try:
-            db.insert_metric_rows(conn, run.id, count, fresh)
-        except db.UnstorableValue as exc:
+            metricrows.insert_metric_rows(conn, run.id, count, fresh)
+        except metricrows.UnstorableValue as exc:
             raise Invalid(str(exc)) from None
         done = conn.execute(update(db.runs).where(
             db.runs.c.id == run.id, db.runs.c.metric_count == count).values(

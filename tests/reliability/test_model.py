@@ -48,6 +48,7 @@ from tests.reliability.chain import (
     final_check,
     read_local,
 )
+from tests.reliability.emimport_rule import import_em_run  # issue 12
 
 STRATEGIES = ("skip", "error", "new", "replace")
 FOLDERS = ("default", "proj", "proj/deep")
@@ -259,6 +260,18 @@ class ChainMachine(RuleBasedStateMachine):
             time.sleep(0.05)
         return state() == "synced"
 
+    # -- issue 12: t9k .em directories imported (tests/reliability/emimport_rule.py) -----------
+    @precondition(lambda self: len(self.model) < 14)
+    @rule(rows=st.integers(0, 400), cut=st.booleans(), twice=st.booleans())
+    def import_t9k_run(self, rows: int, cut: bool, twice: bool) -> None:
+        """A t9k run directory imported with `runstore import` (maybe twice, maybe cut short):
+        uploaded by syncd exactly once with its rows, like a run the SDK made."""
+        name = f"em{next(self.names)}"
+        uuid, alt = import_em_run(self.dir, self.chain.home, name, rows, cut, twice)
+        self.model[uuid] = ModelRun(uuid, name, alt, "default", "new", "origin", finished=True)
+        FIGURES["em_imports"] += 1
+    # -- end of issue 12 -----------------------------------------------------------------------
+
     # -- faults ------------------------------------------------------------------------------
     @rule(action=st.sampled_from(["sigkill", "sigkill-when-answered", "sigterm", "start"]),
           request=st.sampled_from(["claim", "metrics", "finalize", "blob-part",
@@ -375,3 +388,25 @@ def test_nothing_lost_nothing_twice(tmp_path: Path) -> None:
     assert done["http_errors_sent"] + done["lost_responses"] + done["server_sigkills"] + \
         done["daemon_sigkills"] + done["training_sigkills"] > 0
     assert done["checked_lost"] == done["checked_duplicated"] == done["checked_unexpected"] == 0
+
+
+# --- air-gapped node (issue 10): bundles are its only link; tests/reliability/airgap.py ------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_air_gapped_node_nothing_lost_nothing_twice(tmp_path: Path) -> None:
+    """Bundles dropped, duplicated, reordered, truncated; imports and the server SIGKILLed:
+    once every bundle has been delivered intact at least once, lost = duplicated = 0."""
+    from tests.reliability.airgap import AirGapMachine
+
+    AirGapMachine.base_dir = tmp_path
+    before = FIGURES.copy()
+    run_state_machine_as_test(AirGapMachine, settings=machine_settings(
+        int(os.environ.get("RUNSTORE_AIRGAP_EXAMPLES", "2")),
+        int(os.environ.get("RUNSTORE_AIRGAP_STEPS", "20")),
+        derandomize=os.environ.get("CI") == "true"))
+    done = FIGURES - before
+    print(dict(sorted(done.items())))
+    assert done["airgap_checked_runs"] > 0 and done["airgap_checked_rows"] > 0
+    assert done["airgap_checked_lost"] == done["airgap_checked_duplicated"] == \
+        done["airgap_checked_unexpected"] == 0
+# --- end of the air-gapped node block --------------------------------------------------------

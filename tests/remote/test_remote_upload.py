@@ -17,7 +17,7 @@ from rs_fixtures import (
     server_rows,
 )
 
-from runstore.errors import ConflictError, TransientRemoteError
+from runstore.errors import ConflictError, PermanentRemoteError, TransientRemoteError
 from runstore.remote import Client, FolderNotFoundError, download_run, list_remote, upload_run
 from runstore.store import Store
 from tests.server_harness import FaultProxy, free_port
@@ -110,8 +110,9 @@ def test_conflict_strategies_match_t9k(store: Store, client: Client, strategy: s
         assert result.outcome == "replaced" and result.remote_path == "/alice/default/exp"
         assert folder_runs(client) == {"/alice/default/exp": new}
         assert len(server_rows(client, new)) == 25
-        with pytest.raises(Exception, match="not found"):
+        with pytest.raises(PermanentRemoteError, match="not found") as gone:
             client.request("GET", f"/runs/{old}")
+        assert gone.value.status_code == 404
 
 
 def test_unknown_strategy_refused_before_anything_is_sent(store: Store):

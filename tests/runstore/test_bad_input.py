@@ -80,9 +80,15 @@ def test_invalid_run_and_artifact_names(name, store: Store):
     assert counts(store) == before
 
 
-def test_valid_edge_names():
-    for name in ("a", "A1", "a" * 40, "x_y-z9"):
-        em.create_run(name=name).finish()
+def test_valid_edge_names(store: Store):
+    names = ("a", "A1", "a" * 40, "x_y-z9")
+    for name in names:
+        run = em.create_run(name=name)
+        run.finish()
+        assert run.name == name and run.alternative_name.startswith(f"{name}_")
+        art = em.create_artifact(name)
+        assert art.name == name
+    assert [r["name"] for r in store.read("SELECT name FROM runs ORDER BY id")] == list(names)
 
 
 def test_non_json_hparams_type_error_names_key(store: Store):

@@ -70,7 +70,11 @@ def test_every_table_and_view_is_readable(store, runs):
         "runs": "table", "metrics": "table", "artifacts": "table", "blobs": "table",
         "artifact_objects": "table", "associations": "table", "remote_history": "table",
         "sync_state": "table", "run_hparams": "view", "metric_values": "view",
-        "metric_last": "view", "metric_summary": "view"}
+        "metric_last": "view", "metric_summary": "view",
+        # bundles (docs/AIRGAP.md)
+        "store_meta": "table", "bundle_exports": "table", "bundle_watermarks": "table",
+        "bundle_blobs_exported": "table", "bundle_imports": "table",
+        "bundle_run_origin": "table"}
     values = next(r for r in relations if r.name == "metric_values")
     assert ("is_nan", "") in values.columns and ("type_normalized", "") in values.columns
     for rel in relations:

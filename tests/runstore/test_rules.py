@@ -54,7 +54,8 @@ def test_names_accepted(name):
     assert rules.check_segment(name) == name  # every SDK name is a valid server name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "a.b", "A" * 41, "é", "a b", 3, None])
+@pytest.mark.parametrize("name", ["", "-a", "a-", "a.b", "A" * 41, "é", "a b", 3, None,
+                                  "ab\n"])
 def test_names_refused(name):
     with pytest.raises(InvalidValueError, match="Try: "):
         rules.check_name(name)

@@ -144,9 +144,15 @@ def test_log_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, store: S
 def test_bad_config_value_names_file_key_and_value(config_dir: Path):
     from runstore.config import ConfigError, load_config
 
+    (config_dir / "config.toml").write_text('[server]\ntimeout_s = "two"\n')
+    with pytest.raises(ConfigError, match=r"config.toml: server.timeout_s = 'two' is not of "
+                                          r"type float; fix or remove it"):
+        load_config()
+    # [syncd] belongs to the daemon: syncd/settings.py parses it (tests/syncd/test_units.py).
     (config_dir / "config.toml").write_text('[syncd]\nconcurrency = "two"\n')
-    with pytest.raises(ConfigError, match=r"config.toml: syncd.concurrency = 'two' is not of "
-                                          r"type int; fix or remove it"):
+    load_config()
+    (config_dir / "config.toml").write_text('[upload]\nfolder = "my folder"\n')
+    with pytest.raises(ConfigError, match="upload.folder: invalid folder 'my folder'"):
         load_config()
     (config_dir / "config.toml").write_text('[upload]\nconflict_strategy = "merge"\n')
     with pytest.raises(ConfigError, match="upload.conflict_strategy 'merge' is not one of"):

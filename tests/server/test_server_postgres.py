@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from runstore import protocol as p
-from runstore.errors import ConflictError
+from runstore.errors import ConflictError, PermanentRemoteError
 from runstore.remote import Client, list_remote, upload_run
 from runstore.store import Store
 from tests.remote.rs_fixtures import (
@@ -110,8 +110,9 @@ def test_conflict_strategies(store: Store, client: Client, strategy: str):
         assert result.outcome == "replaced" and result.remote_path == "/alice/default/exp"
         assert folder_nodes(client) == {"/alice/default/exp": new}
         assert same_rows(server_rows(client, new), local_rows(store, new))
-        with pytest.raises(Exception, match="not found"):
+        with pytest.raises(PermanentRemoteError, match="not found") as gone:
             client.request("GET", f"/runs/{old}")
+        assert gone.value.status_code == 404
 
 
 def test_lost_responses_and_second_upload_leave_one_complete_copy(

@@ -47,6 +47,7 @@ class Daemon:
         for key, value in settings.items():
             self.env[f"RUNSTORE_SYNCD_{key.upper()}"] = str(value)
         self.proc: subprocess.Popen | None = None
+        self.extra_args: list[str] = []  # e.g. ["--from-dir", PATH]
         self._log = None
         self._sock: socket.socket | None = None
         self.messages: list[str] = []
@@ -57,7 +58,8 @@ class Daemon:
         self._sock.bind(str(sock_path))
         self.env["NOTIFY_SOCKET"] = str(sock_path)
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _cleanup
-        self.proc = subprocess.Popen([sys.executable, "-m", "syncd.cli", "run"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "syncd.cli", "run", *self.extra_args],
+                                     env=self.env,
                                      stdout=self._log, stderr=self._log, cwd=REPO_ROOT)
         if wait_ready:
             self.wait_message("READY=1", timeout_s)

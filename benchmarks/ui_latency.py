@@ -1,0 +1,225 @@
+"""Web UI latency, server side: the runs page of a folder with 10,000 runs, and a chart's data
+for a 1,000,000-point series, on SQLite and on PostgreSQL.
+
+    .venv/bin/python benchmarks/ui_latency.py             # 10,000 runs, 1,000,000 points
+    .venv/bin/python benchmarks/ui_latency.py --quick     # 2,000 runs, 200,000 points
+    .venv/bin/python benchmarks/ui_latency.py --sqlite-only
+
+Each request goes through the whole app in process (routing, session-cookie auth, the
+queries, Jinja rendering / JSON), with starlette's TestClient: what the server spends, without
+the network. The 1,000,000 points are ingested through ``metricrows.insert_metric_rows`` (the path
+the sync protocol uses, which keeps the rollups), in 100,000-row chunks; the ingest time is
+printed too. The 10,000 runs get their rows and per-series summaries inserted in bulk.
+
+Targets (issue 11): p95 <= 50 ms for both, on both databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from runstore.server import db, metricrows  # noqa: E402
+from runstore.server.app import create_app  # noqa: E402
+from runstore.server.auth import add_user  # noqa: E402
+
+LIMIT_MS = 50.0
+KEYS = [("train", "loss"), ("val", "loss"), ("val", "accuracy")]
+
+
+def seed(database: db.Database, n_runs: int, n_points: int) -> tuple[str, str, float]:
+    """alice's token, the long run's uuid, and the seconds the long series took to ingest."""
+    token = add_user(database, "alice")
+    rnd = random.Random(1)
+    with database.write() as conn:
+        user_id = conn.execute(db.users.select().where(db.users.c.name == "alice")).one().id
+        folder_id = db.insert_returning_id(conn, db.folders.insert().values(
+            owner_id=user_id, path="/alice/sweep", created_at=time.time(),
+            parent_id=conn.execute(db.folders.select().where(
+                db.folders.c.path == "/alice")).one().id))
+        runs, series = [], []
+        for i in range(n_runs):
+            runs.append(dict(
+                owner_id=user_id, uuid=f"{i:032x}", folder_id=folder_id,
+                name=f"run-{i:05d}", run_name=f"run-{i:05d}", alternative_name=f"run-{i:05d}_x",
+                labels=json.dumps(["sweep", f"g{i % 7}"]),
+                status=("Complete", "Error", "Running")[i % 3 and (i % 11 == 0) + 0],
+                start_timestamp=f"2024-01-{1 + i % 28:02d}T{i % 24:02d}:00:00+00:00",
+                end_timestamp=f"2024-01-{1 + i % 28:02d}T{i % 24:02d}:30:00+00:00",
+                hparams=json.dumps({"lr": rnd.choice([1e-4, 3e-4, 1e-3, 3e-3]),
+                                    "batch_size": rnd.choice([32, 64, 128]),
+                                    "optimizer": {"name": rnd.choice(["adam", "sgd"]),
+                                                  "momentum": 0.9},
+                                    "seed": i}),
+                metric_count=0, complete=True, created_at=0.0, updated_at=0.0))
+        conn.execute(db.runs.insert(), runs)
+        # (ids from the database: PostgreSQL's sequence must hand them out)
+        for (run_id,) in conn.execute(db.runs.select().with_only_columns(db.runs.c.id)
+                                      .where(db.runs.c.folder_id == folder_id)):
+            for t, k in KEYS:
+                v = rnd.random()
+                series.append(dict(run_id=run_id, type=t, key=k, n=100, nan_count=0,
+                                   min_step=0, max_step=99, min_value=v / 2, max_value=v * 2,
+                                   last_value=v, last_step=99, last_seq=99))
+        conn.execute(db.metric_series.insert(), series)
+    long_uuid = "f" * 32
+    with database.write() as conn:
+        long_id = db.insert_returning_id(conn, db.runs.insert().values(
+            owner_id=user_id, uuid=long_uuid, folder_id=folder_id, name="long",
+            run_name="long", alternative_name="long_x", status="Complete",
+            start_timestamp="2024-02-01T00:00:00+00:00", metric_count=n_points,
+            complete=True, created_at=0.0, updated_at=0.0))
+    return token, long_uuid, ingest(database, long_id, n_points, rnd)
+
+
+def ingest(database: db.Database, run_id: int, n_points: int, rnd: random.Random) -> float:
+    """Seconds to store n_points rows through metricrows.insert_metric_rows, 100,000 per chunk."""
+    start = time.perf_counter()
+    chunk = 100_000
+    for offset in range(0, n_points, chunk):
+        rows = [("train", "loss", s, s // 1000,
+                 None if s % 50_000 == 7 else 2.0 * math.exp(-s / 300_000) + rnd.random() * .05,
+                 "2024-02-01T00:00:00+00:00")
+                for s in range(offset, min(n_points, offset + chunk))]
+        with database.write() as conn:
+            metricrows.insert_metric_rows(conn, run_id, offset, rows)
+    return time.perf_counter() - start
+
+
+def ingest_without_rollups(database: db.Database, n_points: int) -> float:
+    """The same ingest with the rollup step switched off: what the rollups cost."""
+    from runstore.server import rollups
+
+    with database.write() as conn:
+        folder_id = conn.execute(db.folders.select().where(
+            db.folders.c.path == "/alice/sweep")).one().id
+        run_id = db.insert_returning_id(conn, db.runs.insert().values(
+            owner_id=1, uuid="e" * 32, folder_id=folder_id, name="plain", run_name="plain",
+            alternative_name="plain_x", status="Complete", start_timestamp="t",
+            metric_count=n_points, complete=True, created_at=0.0, updated_at=0.0))
+    saved = rollups.add_rows
+    rollups.add_rows = lambda *_args: None  # type: ignore[assignment]
+    try:
+        return ingest(database, run_id, n_points, random.Random(2))
+    finally:
+        rollups.add_rows = saved
+
+
+def timed(client: TestClient, url: str, n: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds per request. CPU time (this process: the app and the
+    in-process client) does not grow when other processes compete for the cores, wall time
+    does: both are printed."""
+    wall, cpu = [], []
+    for _ in range(3):
+        assert client.get(url).status_code == 200, url
+    for _ in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = client.get(url)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        assert r.status_code == 200, (url, r.status_code, r.text[:300])
+    return wall, cpu
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1]
+
+
+def measure(label: str, database: db.Database, data_dir: Path, n_runs: int, n_points: int,
+            iterations: int) -> list[tuple[str, float, float, float, float]]:
+    token, long_uuid, ingest_s = seed(database, n_runs, n_points)
+    plain_s = ingest_without_rollups(database, n_points)
+    print(f"[{label}] seeded {n_runs:,} runs; {n_points:,} points ingested with rollups in "
+          f"{ingest_s:.1f} s ({n_points / ingest_s:,.0f} rows/s); without rollups "
+          f"{plain_s:.1f} s ({n_points / plain_s:,.0f} rows/s): rollups cost x"
+          f"{ingest_s / plain_s:.2f} at ingest")
+    app = create_app(data_dir, database=database)
+    results = []
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        client.get("/ui/login")
+        csrf = client.cookies.get("runstore_csrf")
+        r = client.post("/ui/login", data={"token": token, "csrf": csrf, "next": "/ui/"},
+                        follow_redirects=False)
+        assert r.status_code == 303, r.text
+        folder = "/ui/folder?path=/alice/sweep"
+        cols = "&cols=1&h=lr&h=batch_size&h=optimizer.name&h=seed" \
+               "&m=train/loss&m=val/loss&m=val/accuracy"
+        cases = [
+            ("runs page, default columns", folder),
+            ("runs page, sorted by val/accuracy best", folder + cols + "&sort=best:val/accuracy"),
+            ("runs page, sorted by hparam lr", folder + cols + "&sort=h:lr"),
+            ("runs page, label filter, page 20", folder + cols + "&label=g3&page=20"),
+            ("runs page, name filter", folder + cols + "&name=run-012"),
+            (f"chart data, {n_points:,} points, 2,000-px chart",
+             f"/ui/api/series?run={long_uuid}&type=train&key=loss&points=4000"),
+            (f"chart data, {n_points:,} points, zoomed to a third",
+             f"/ui/api/series?run={long_uuid}&type=train&key=loss&points=2000"
+             f"&lo={n_points // 3 + 17}&hi={2 * n_points // 3 - 5}"),
+        ]
+        for name, url in cases:
+            wall, cpu = timed(client, url, iterations)
+            results.append((f"{label}: {name}", p95(wall), p95(cpu),
+                            statistics.median(wall), min(wall)))
+        got = client.get(cases[5][1]).json()
+        assert len(got["x"]) <= 4000 and not got["raw"]
+    return results
+
+
+def main() -> None:
+    import os
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so the private PostgreSQL is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--iterations", type=int, default=60)
+    args = parser.parse_args()
+    n_runs, n_points = (2_000, 200_000) if args.quick else (10_000, 1_000_000)
+    results: list[tuple[str, float, float, float, float]] = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        database = db.Database.for_data_dir(Path(tmp) / "sqlite")
+        results += measure("SQLite", database, Path(tmp) / "sqlite", n_runs, n_points,
+                           args.iterations)
+        database.dispose()
+        if not args.sqlite_only:
+            from tests.pg_harness import PostgresProcess
+
+            with PostgresProcess(Path(tmp) / "pg") as pg:
+                database = db.Database(pg.create_database())
+                results += measure("PostgreSQL", database, Path(tmp) / "pgdata", n_runs,
+                                   n_points, args.iterations)
+                database.dispose()
+    try:
+        import mlflow  # noqa: F401
+
+        print("mlflow is installed, but no comparable figure is measured here yet")
+    except ImportError:
+        print("MLflow: not installed, no figure to compare (pip install mlflow to add one)")
+    print(f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs (a loaded machine inflates every figure)")
+    print(f"\n{'case':<60} {'p95':>7} {'p50':>6} {'min':>6} {'p95 CPU':>8} {'limit':>6} "
+          f"{'ratio':>6}")
+    for name, wall, cpu, median, fastest in results:
+        print(f"{name:<60} {wall:7.1f} {median:6.1f} {fastest:6.1f} {cpu:8.1f} {LIMIT_MS:6.0f} "
+              f"{wall / LIMIT_MS:6.2f}{'' if wall <= LIMIT_MS else '  OVER'}")
+    print("(ms of wall-clock time per request unless marked CPU; ratio = p95 / limit)")
+
+
+if __name__ == "__main__":
+    main()

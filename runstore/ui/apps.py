@@ -1,0 +1,118 @@
+"""The UI inside `runstore serve` (login, one user's folders) and the standalone local UI.
+
+Server: the Gate middleware in runstore/server/app.py leaves ``/`` and ``/ui/...`` to this
+module, which authenticates by session cookie (runstore/ui/sessions.py); ``/api/v1`` keeps
+its bearer tokens. Local: ``create_local_app`` serves the store read-only, with no login, and
+answers only requests addressed to a loopback host name (a web page elsewhere cannot reach it
+through DNS rebinding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from runstore.server.auth import AuthError
+from runstore.ui import routes, sessions
+from runstore.ui.data import UIData
+from runstore.ui.local import LocalData
+from runstore.ui.serverdata import ServerData
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (never //evil.example or https://...) as a redirect target."""
+    if not target:
+        return "/ui/"
+    parsed = urlparse(target)
+    if parsed.scheme or parsed.netloc or not target.startswith("/ui") or "\\" in target:
+        return "/ui/"
+    return target
+
+
+def _set_csrf(request: Request, response: Response) -> None:
+    if request.cookies.get(sessions.CSRF_COOKIE) != request.state.csrf:
+        response.set_cookie(sessions.CSRF_COOKIE, request.state.csrf, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https",
+                            path="/ui")
+
+
+def mount_server_ui(app: FastAPI, database, blob_store) -> None:
+    """Add the web UI (with login) to the server's app."""
+
+    @app.middleware("http")
+    async def csrf_cookie(request: Request, call_next):
+        if not routes.is_ui_path(request.url.path):
+            return await call_next(request)
+        request.state.csrf = request.cookies.get(sessions.CSRF_COOKIE) or \
+            sessions.new_csrf_token()
+        response = await call_next(request)
+        _set_csrf(request, response)
+        return response
+
+    def get_data(request: Request) -> UIData:
+        user = sessions.session_user(database, request.cookies.get(sessions.SESSION_COOKIE))
+        if user is None:
+            raise routes.LoginRequired()
+        request.state.ui_user = user
+        return ServerData(database, user)
+
+    router, page = routes.build_router(get_data, login=True)
+
+    @router.get(routes.PREFIX + "/login", include_in_schema=False)
+    def login_form(request: Request, next: str | None = None) -> Response:
+        return page(request, "login.html", next=_safe_next(next), error=None)
+
+    @router.post(routes.PREFIX + "/login", include_in_schema=False)
+    def login(request: Request, token: str = Form("", max_length=200),
+              csrf: str = Form("", max_length=200),
+              next: str = Form("/ui/", max_length=4096)) -> Response:
+        if not sessions.csrf_ok(request.cookies.get(sessions.CSRF_COOKIE), csrf):
+            return page(request, "login.html", status_code=403, next=_safe_next(next),
+                        error="The form expired (its security token did not match). "
+                              "Try: submit it again.")
+        try:
+            user, secret = sessions.login(database, token)
+        except AuthError as exc:
+            return page(request, "login.html", status_code=401, next=_safe_next(next),
+                        error=f"That token was not accepted ({exc}). Try: the token printed "
+                              "by `runstore user add NAME` or `runstore user token NAME`.")
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(sessions.SESSION_COOKIE, secret, httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https", path="/ui",
+                            max_age=sessions.SESSION_TTL_S)
+        request.state.ui_user = user
+        return response
+
+    @router.post(routes.PREFIX + "/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form("", max_length=200)) -> Response:
+        if not sessions.csrf_ok(request.cookies.get(sessions.CSRF_COOKIE), csrf):
+            raise routes.BadRequest("the logout form's security token did not match. "
+                                    "Try: reload the page and log out again")
+        sessions.logout(database, request.cookies.get(sessions.SESSION_COOKIE))
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(sessions.SESSION_COOKIE, path="/ui")
+        return response
+
+    routes.install(app, router)
+
+
+def create_local_app(home: Path) -> FastAPI:
+    """The read-only UI over the local store in ``home``."""
+    data = LocalData(home)
+    app = FastAPI(title="runstore ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware,
+                       allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])
+
+    def get_data(request: Request) -> UIData:
+        request.state.csrf = ""
+        return data
+
+    routes.install(app, routes.build_router(get_data, login=False)[0])
+    return app
+
+
+__all__ = ["mount_server_ui", "create_local_app"]

@@ -1,0 +1,192 @@
+"""Chart data: a series downsampled to at most ``points`` buckets per step range.
+
+Each bucket carries min, max and the last point (the last one logged in it), so a spike
+survives as the band's edge and the line follows what the run reported. A NaN is a gap in
+raw data and, in buckets, a marker at the bucket's step (``nan``: the steps of buckets that
+held one). ``raw`` says the points are the run's own, not buckets: few enough in the range.
+
+Two sources: the server's rollup tables (``from_rollups``: reads about a thousand rows for a
+series of any length) and plain SQL bucketing over the local store (``local_series``:
+one GROUP BY over the run's rows, no extra tables, since the local UI must not write).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+MAX_POINTS = 4000        # whatever the browser asks for
+# A rollup level is fine enough when the range holds fewer of its buckets than half the points
+# asked for: the browser asks for twice its pixel width, so that is still a bucket (with its
+# min/max band) per pixel at best; levels 8x apart mean the chosen one holds between points/16
+# and points/2 buckets. A chart reads at most about `points / 2` rows (plus the edges).
+_BUCKETS_PER_POINT = 0.5
+
+
+def clamp_points(points: int) -> int:
+    return max(10, min(int(points), MAX_POINTS))
+
+
+def _result(raw: bool, n: int, lo: int, hi: int, x: list, y: list, mn: list | None,
+            mx: list | None, nan: list) -> dict[str, Any]:
+    return {"raw": raw, "n": n, "lo": lo, "hi": hi, "x": x, "y": y, "min": mn, "max": mx,
+            "nan": nan}
+
+
+def _raw(rows: Iterable[tuple[int, float | None]], n: int, lo: int, hi: int) -> dict[str, Any]:
+    x: list[int] = []
+    y: list[float | None] = []
+    nan: list[int] = []
+    for step, value in rows:
+        x.append(step)
+        y.append(value)
+        if value is None:
+            nan.append(step)
+    return _result(True, n, lo, hi, x, y, None, None, nan)
+
+
+def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int,
+                  n: int) -> dict[str, Any]:
+    """Rows (start_step, n, nan_count, min, max, last_value, last_step, last_seq) of buckets
+    inside [lo, hi] merged into at most ``points`` equal step ranges (by their start)."""
+    width = hi - lo + 1
+    groups: dict[int, list] = {}
+    for start, cnt, nans, mn, mx, last, last_step, last_seq in rows:
+        g = min(points - 1, (max(start, lo) - lo) * points // width)
+        cur = groups.get(g)
+        if cur is None:
+            groups[g] = [cnt, nans, mn, mx, last, last_step, last_seq]
+            continue
+        cur[0] += cnt
+        cur[1] += nans
+        if mn is not None and (cur[2] is None or mn < cur[2]):
+            cur[2] = mn
+        if mx is not None and (cur[3] is None or mx > cur[3]):
+            cur[3] = mx
+        if last_seq > cur[6]:
+            cur[4], cur[5], cur[6] = last, last_step, last_seq
+    return _emit(groups.values(), lo, hi, n)
+
+
+def cover(lo: int, hi: int, level: int, bits: int) -> list[tuple[int, int, int]]:
+    """[lo, hi] as aligned blocks, like a segment tree: (level, first, last) runs of whole
+    buckets ``step >> bits*level`` at the given level and finer ones toward the edges, down to
+    (0, lo, hi) step ranges of raw points. At most two runs per level."""
+    if lo > hi:
+        return []
+    if level == 0:
+        return [(0, lo, hi)]
+    shift = bits * level
+    first = (lo + (1 << shift) - 1) >> shift
+    last = ((hi + 1) >> shift) - 1
+    if first > last:
+        return cover(lo, hi, level - 1, bits)
+    return [(level, first, last), *cover(lo, (first << shift) - 1, level - 1, bits),
+            *cover((last + 1) << shift, hi, level - 1, bits)]
+
+
+def _emit(groups: Iterable[list], lo: int, hi: int, n: int) -> dict[str, Any]:
+    """Buckets [n, nan_count, min, max, last, last_step, last_seq] as chart data."""
+    x, y, mins, maxs, nan = [], [], [], [], []
+    for _cnt, nans, mn, mx, last, last_step, _seq in sorted(groups, key=lambda g: g[5]):
+        x.append(last_step)
+        y.append(last)
+        mins.append(mn)
+        maxs.append(mx)
+        if nans:
+            nan.append(last_step)
+    return _result(False, n, lo, hi, x, y, mins, maxs, nan)
+
+
+def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | None,
+                 hi: int | None, points: int) -> dict[str, Any] | None:
+    """A series of the server's database, from metric_series/metric_rollups (None if the run
+    has no such series)."""
+    from runstore.server import db
+    from runstore.server.rollups import LEVEL_BITS, LEVELS
+
+    s = db.metric_series.c
+    summary = conn.execute(select(s.n, s.min_step, s.max_step).where(
+        s.run_id == run_id, s.type == type_, s.key == key)).first()
+    if summary is None:
+        return None
+    points = clamp_points(points)
+    lo = summary.min_step if lo is None else max(lo, summary.min_step)
+    hi = summary.max_step if hi is None else min(hi, summary.max_step)
+    if hi < lo:
+        return _result(True, summary.n, lo, hi, [], [], None, None, [])
+    m = db.metrics.c
+
+    def raw() -> dict[str, Any]:
+        rows = conn.execute(select(m.step, m.value).where(
+            m.run_id == run_id, m.type == type_, m.key == key, m.step >= lo, m.step <= hi)
+            .order_by(m.step, m.seq).limit(points + 1)).all()
+        if len(rows) <= points:
+            return _raw(rows, summary.n, lo, hi)
+        return {}
+
+    if summary.n <= points or hi - lo < points:
+        got = raw()
+        if got:
+            return got
+    level = 1
+    while level < LEVELS and (hi >> (LEVEL_BITS * level)) - (lo >> (LEVEL_BITS * level)) \
+            >= _BUCKETS_PER_POINT * points:
+        level += 1
+    r = db.metric_rollups.c
+    rows: list[tuple] = []
+    for lv, first, last in cover(lo, hi, level, LEVEL_BITS):
+        if lv == 0:
+            rows += [(step, 1, int(value is None), value, value, value, step, seq)
+                     for step, value, seq in conn.execute(select(m.step, m.value, m.seq).where(
+                         m.run_id == run_id, m.type == type_, m.key == key, m.step >= first,
+                         m.step <= last)).all()]
+            continue
+        shift = LEVEL_BITS * lv
+        rows += [(b << shift, *rest) for b, *rest in conn.execute(
+            select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value, r.last_value,
+                   r.last_step, r.last_seq).where(
+                r.run_id == run_id, r.type == type_, r.key == key, r.level == lv,
+                r.bucket >= first, r.bucket <= last)).all()]
+    if sum(row[1] for row in rows) <= points:  # sparse: the points themselves
+        got = raw()
+        if got:
+            return got
+    return merge_buckets(rows, lo, hi, points, summary.n)
+
+
+def local_series(conn: sqlite3.Connection, run_id: int, type_: str, key: str,
+                 lo: int | None, hi: int | None, points: int) -> dict[str, Any] | None:
+    """A series of the local store by SQL bucketing (None if the run has no such series)."""
+    points = clamp_points(points)
+    n, min_step, max_step = conn.execute(
+        "SELECT COUNT(*), MIN(step), MAX(step) FROM metrics "
+        "WHERE run_id = ? AND type = ? AND key = ?", (run_id, type_, key)).fetchone()
+    if not n:
+        return None
+    lo = min_step if lo is None else max(lo, min_step)
+    hi = max_step if hi is None else min(hi, max_step)
+    if hi < lo:
+        return _result(True, n, lo, hi, [], [], None, None, [])
+    where = "run_id = ? AND type = ? AND key = ? AND step BETWEEN ? AND ?"
+    args = (run_id, type_, key, lo, hi)
+    rows = conn.execute(f"SELECT step, value FROM metrics WHERE {where} ORDER BY step, seq "
+                        f"LIMIT {points + 1}", args).fetchall()
+    if len(rows) <= points:
+        return _raw(rows, n, lo, hi)
+    width = hi - lo + 1
+    group = f"(step - {int(lo)}) * {int(points)} / {int(width)}"
+    groups = {g: [c, nn, mn, mx, None, 0, -1] for g, c, nn, mn, mx in conn.execute(
+        f"SELECT {group} AS g, COUNT(*), SUM(value IS NULL), MIN(value), MAX(value) "
+        f"FROM metrics WHERE {where} GROUP BY g", args)}
+    # One MAX() alone in the query, so SQLite takes the bare columns (value, step) from the
+    # row with the highest seq in each bucket: the last point logged there.
+    for g, value, step, seq in conn.execute(
+            f"SELECT {group} AS g, value, step, MAX(seq) FROM metrics WHERE {where} GROUP BY g",
+            args):
+        groups[g][4:] = [value, step, seq]
+    return _emit(groups.values(), lo, hi, n)

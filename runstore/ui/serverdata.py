@@ -1,0 +1,272 @@
+"""UIData over the server's database (SQLAlchemy Core; SQLite or PostgreSQL), for one user.
+
+Every query is scoped by ``owner_id``: another user's run, folder or artifact is NotFound,
+exactly like one that does not exist. The runs table is one indexed query per page (filters,
+sort and LIMIT/OFFSET in SQL) plus the page's metric summaries from ``metric_series``, so a
+folder of 10,000 runs costs what a page of 50 does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+
+from runstore.server import db
+from runstore.server.auth import User
+from runstore.ui import series as series_mod
+from runstore.ui.data import (
+    ArtifactDetail,
+    ArtifactObject,
+    ArtifactRef,
+    Folder,
+    MetricRef,
+    NotFound,
+    RunDetail,
+    RunRow,
+    RunsPage,
+    RunsQuery,
+    SeriesSummary,
+    common_keys,
+    default_metrics,
+    flatten,
+    lower_is_better,
+)
+
+# Column choices come from the most recent runs of a folder (a folder's runs share their
+# hparam and metric names in practice; reading all 10,000 would cost more than the page).
+_SAMPLE_RUNS = 200
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ServerData:
+    """The pages' data for ``user`` in ``database``."""
+
+    read_only_note: str | None = None
+
+    def __init__(self, database: db.Database, user: User) -> None:
+        self.database = database
+        self.user = user
+        self.is_pg = not database.is_sqlite
+
+    # -- folders and runs ------------------------------------------------------------------
+    def folders(self) -> list[Folder]:
+        f, r, a = db.folders.c, db.runs.c, db.artifacts.c
+        runs = (select(r.folder_id, func.count().label("n")).where(r.owner_id == self.user.id)
+                .group_by(r.folder_id).subquery())
+        arts = (select(a.folder_id, func.count().label("n"))
+                .where(a.owner_id == self.user.id).group_by(a.folder_id).subquery())
+        with self.database.read() as conn:
+            rows = conn.execute(
+                select(f.path, func.coalesce(runs.c.n, 0), func.coalesce(arts.c.n, 0))
+                .outerjoin_from(db.folders, runs, runs.c.folder_id == f.id)
+                .outerjoin(arts, arts.c.folder_id == f.id)
+                .where(f.owner_id == self.user.id).order_by(f.path)).all()
+        return [Folder(path, n_runs, n_arts) for path, n_runs, n_arts in rows]
+
+    def recent_runs(self, limit: int) -> list[RunRow]:
+        """The user's latest runs, any folder (newest first)."""
+        r = db.runs.c
+        with self.database.read() as conn:
+            rows = conn.execute(
+                select(r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
+                       r.end_timestamp, r.labels, db.folders.c.path)
+                .join(db.folders, db.folders.c.id == r.folder_id)
+                .where(r.owner_id == self.user.id).order_by(r.id.desc()).limit(limit)).all()
+        return [RunRow(x.uuid, x.run_name, f"{x.path}/{x.name}", x.status, x.start_timestamp,
+                       x.end_timestamp, json.loads(x.labels), {}, {}) for x in rows]
+
+    def _folder_id(self, conn: Connection, path: str) -> int:
+        row = conn.execute(select(db.folders.c.id).where(
+            db.folders.c.path == path, db.folders.c.owner_id == self.user.id)).first()
+        if row is None:
+            raise NotFound(f"folder {path} not found")
+        return row.id
+
+    def _hparam_expr(self, key: str):
+        parts = key.split(".")
+        if self.is_pg:
+            return cast(db.runs.c.hparams, JSONB)[tuple(parts)]
+        path = "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
+        return func.json_extract(db.runs.c.hparams, path)
+
+    def _has_label(self, label: str):
+        # A cheap necessary condition first (the label's JSON text appears in the stored
+        # list, written by json.dumps like this), then the exact membership test.
+        rough = db.runs.c.labels.like(f"%{_like_escape(json.dumps(label))}%", escape="\\")
+        return and_(rough, self._label_member(label))
+
+    def _label_member(self, label: str):
+        if self.is_pg:
+            return cast(db.runs.c.labels, JSONB).contains(cast(literal(json.dumps([label])),
+                                                               JSONB))
+        each = func.json_each(db.runs.c.labels).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == label))
+
+    def runs(self, q: RunsQuery) -> RunsPage:
+        r, ms = db.runs.c, db.metric_series.c
+        with self.database.read() as conn:
+            folder_id = self._folder_id(conn, q.folder)
+            cond = [r.folder_id == folder_id]
+            if q.status:
+                cond.append(r.status == q.status)
+            if q.name:
+                pattern = f"%{_like_escape(q.name)}%"
+                cond.append(or_(r.run_name.like(pattern, escape="\\"),
+                                r.name.like(pattern, escape="\\")))
+            if q.label:
+                cond.append(self._has_label(q.label))
+            where = and_(true(), *cond)
+            total = conn.execute(select(func.count()).select_from(db.runs).where(where)).scalar()
+            stmt = select(r.id, r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
+                          r.end_timestamp, r.labels, r.hparams).where(where)
+            order: list[Any] = []
+            if q.sort.startswith(("last:", "best:")):
+                which, _, ref_text = q.sort.partition(":")
+                ref = MetricRef.parse(ref_text)
+                s = db.metric_series.alias("sorted_series")
+                stmt = stmt.outerjoin(s, and_(s.c.run_id == r.id, s.c.type == ref.type,
+                                              s.c.key == ref.key))
+                col = s.c.last_value if which == "last" else (
+                    s.c.min_value if lower_is_better(ref.key) else s.c.max_value)
+                order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
+            elif q.sort.startswith("h:"):
+                col = self._hparam_expr(q.sort[2:])
+                order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
+            else:
+                col = {"name": r.run_name, "status": r.status}.get(q.sort, r.start_timestamp)
+                order.append(col.desc() if q.desc else col.asc())
+            order.append(r.id.desc() if q.desc else r.id.asc())
+            rows = conn.execute(stmt.order_by(*order).limit(q.page_size)
+                                .offset((q.page - 1) * q.page_size)).all()
+            sample = conn.execute(select(r.id, r.hparams, r.labels).where(
+                r.folder_id == folder_id).order_by(r.id.desc()).limit(_SAMPLE_RUNS)).all()
+            refs = conn.execute(select(ms.type, ms.key).where(
+                ms.run_id.in_([x.id for x in sample])).group_by(ms.type, ms.key)
+                .order_by(func.count().desc(), ms.type, ms.key)).all()
+            keys = common_keys(flatten(json.loads(x.hparams)) for x in sample)
+            metric_refs = [MetricRef(t, k) for t, k in refs]
+            if q.default_columns:
+                q.hparams, q.metrics = keys[:4], default_metrics(metric_refs)
+            ids = [row.id for row in rows]
+            summaries: dict[int, dict[MetricRef, SeriesSummary]] = {i: {} for i in ids}
+            if ids and q.metrics:
+                pairs = [(m.type, m.key) for m in q.metrics]
+                for x in conn.execute(select(db.metric_series).where(
+                        ms.run_id.in_(ids), ms.key.in_({k for _, k in pairs}))):
+                    if (x.type, x.key) in pairs:
+                        summaries[x.run_id][MetricRef(x.type, x.key)] = SeriesSummary(
+                            x.n, x.nan_count, x.min_value, x.max_value, x.last_value,
+                            x.last_step)
+        label_set = sorted({label for x in sample for label in json.loads(x.labels)})
+        out = [RunRow(row.uuid, row.run_name, f"{q.folder}/{row.name}", row.status,
+                      row.start_timestamp, row.end_timestamp, json.loads(row.labels),
+                      flatten(json.loads(row.hparams)), summaries[row.id]) for row in rows]
+        return RunsPage(out, int(total or 0), keys, metric_refs, label_set)
+
+    # -- one run ---------------------------------------------------------------------------
+    def _run_row(self, conn: Connection, uuid: str):
+        row = conn.execute(select(db.runs, db.folders.c.path.label("folder_path"))
+                           .join(db.folders, db.folders.c.id == db.runs.c.folder_id)
+                           .where(db.runs.c.owner_id == self.user.id,
+                                  db.runs.c.uuid == uuid)).first()
+        if row is None:
+            raise NotFound(f"run {uuid} not found")
+        return row
+
+    def run(self, uuid: str) -> RunDetail:
+        ms, lin, a, f = db.metric_series.c, db.lineage.c, db.artifacts.c, db.folders.c
+        with self.database.read() as conn:
+            run = self._run_row(conn, uuid)
+            series = {(s.type, s.key): SeriesSummary(s.n, s.nan_count, s.min_value,
+                                                     s.max_value, s.last_value, s.last_step)
+                      for s in conn.execute(select(db.metric_series).where(
+                          ms.run_id == run.id).order_by(ms.type, ms.key))}
+            links = conn.execute(
+                select(lin.direction, lin.kind, lin.entry, a.uuid, a.artifact_name, a.name,
+                       f.path).select_from(db.lineage)
+                .outerjoin(db.artifacts, a.id == lin.artifact_id)
+                .outerjoin(db.folders, f.id == a.folder_id)
+                .where(lin.run_id == run.id).order_by(lin.direction, lin.position)).all()
+            o = db.artifact_objects.c
+            sizes = {uuid: (n, size) for uuid, n, size in conn.execute(
+                select(a.uuid, func.count(), func.coalesce(func.sum(o.size_bytes), 0))
+                .join(db.artifacts, a.id == o.artifact_id)
+                .where(a.uuid.in_({x.uuid for x in links if x.uuid}), a.owner_id == self.user.id)
+                .group_by(a.uuid))}
+        inputs: list[ArtifactRef] = []
+        outputs: list[ArtifactRef] = []
+        for link in links:
+            entry = json.loads(link.entry)
+            if link.uuid is not None:
+                ref = ArtifactRef(link.uuid, link.artifact_name, f"{link.path}/{link.name}",
+                                  link.kind, *sizes.get(link.uuid, (0, 0)))
+            else:
+                ref = ArtifactRef(None, str(entry.get("name") or entry.get("path") or entry),
+                                  None, link.kind)
+            (inputs if link.direction == "input" else outputs).append(ref)
+        return RunDetail(
+            uuid=run.uuid, name=run.run_name, alternative_name=run.alternative_name,
+            path=f"{run.folder_path}/{run.name}", folder=run.folder_path, status=run.status,
+            start_timestamp=run.start_timestamp, end_timestamp=run.end_timestamp,
+            labels=json.loads(run.labels), description=run.description,
+            hparams=json.loads(run.hparams), platform=json.loads(run.platform),
+            git=json.loads(run.git), series=series, inputs=inputs, outputs=outputs,
+            history=json.loads(run.remote), sync=None, stdout_path=None)
+
+    def series(self, uuid: str, type_: str, key: str, lo: int | None, hi: int | None,
+               points: int) -> dict[str, Any]:
+        with self.database.read() as conn:
+            run = self._run_row(conn, uuid)
+            got = series_mod.from_rollups(conn, run.id, type_, key, lo, hi, points)
+        if got is None:
+            raise NotFound(f"run {uuid} has no metric {type_}/{key}")
+        return got
+
+    # -- artifacts -------------------------------------------------------------------------
+    def _artifact_row(self, conn: Connection, uuid: str):
+        row = conn.execute(select(db.artifacts, db.folders.c.path.label("folder_path"))
+                           .join(db.folders, db.folders.c.id == db.artifacts.c.folder_id)
+                           .where(db.artifacts.c.owner_id == self.user.id,
+                                  db.artifacts.c.uuid == uuid)).first()
+        if row is None:
+            raise NotFound(f"artifact {uuid} not found")
+        return row
+
+    def artifact(self, uuid: str) -> ArtifactDetail:
+        o, lin, r = db.artifact_objects.c, db.lineage.c, db.runs.c
+        with self.database.read() as conn:
+            art = self._artifact_row(conn, uuid)
+            objects = [ArtifactObject(x.path, x.kind, x.size_bytes, x.sha256, x.uri)
+                       for x in conn.execute(select(db.artifact_objects).where(
+                           o.artifact_id == art.id).order_by(o.path))]
+            links = conn.execute(
+                select(lin.direction, r.uuid, r.run_name).join(db.runs, r.id == lin.run_id)
+                .where(lin.artifact_id == art.id, r.owner_id == self.user.id)
+                .order_by(r.run_name)).all()
+        return ArtifactDetail(
+            uuid=art.uuid, name=art.artifact_name, alternative_name=art.alternative_name,
+            path=f"{art.folder_path}/{art.name}", folder=art.folder_path,
+            labels=json.loads(art.labels), description=art.description,
+            created_timestamp=art.created_timestamp, objects=objects,
+            produced_by=[(x.uuid, x.run_name) for x in links if x.direction == "output"],
+            consumed_by=[(x.uuid, x.run_name) for x in links if x.direction == "input"],
+            history=json.loads(art.remote))
+
+    def blob(self, artifact_uuid: str, obj_path: str) -> tuple[Path | str, int]:
+        o = db.artifact_objects.c
+        with self.database.read() as conn:
+            art = self._artifact_row(conn, artifact_uuid)
+            obj = conn.execute(select(o.sha256, o.size_bytes).where(
+                o.artifact_id == art.id, o.path == obj_path, o.kind == "file")).first()
+        if obj is None:
+            raise NotFound(f"artifact {artifact_uuid} has no file {obj_path}")
+        return str(obj.sha256), int(obj.size_bytes or 0)
+

@@ -1,0 +1,140 @@
+"""The runs table's semantics, the same on the server's database (SQLite, PostgreSQL) and on the
+local store: paging, sort by name / hparam (numeric) / metric (missing last), filters by status,
+exact label (LIKE wildcards in it are plain characters) and name substring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runstore.server import db, metricrows
+from runstore.server.auth import User
+from runstore.ui.data import MetricRef, RunsQuery
+from runstore.ui.local import LocalData
+from runstore.ui.serverdata import ServerData
+
+N = 120
+LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+
+
+def spec(i: int) -> dict:
+    """Run i: name, status, labels, hparams, and a val/acc value for most runs."""
+    labels = ["all", "a_b" if i % 10 == 0 else "axb", "100%" if i == 7 else "plain"]
+    return {"name": f"r{i:03d}" + ("-%odd" if i == 33 else ""),
+            "status": "Error" if i % 4 == 0 else "Complete", "labels": labels,
+            "hparams": {"lr": LRS[i % 5], "opt": {"name": "adam" if i % 2 else "sgd"}},
+            "acc": None if i % 6 == 0 else (i % 17) / 17}
+
+
+def server_data(tmp_path: Path, url: str | None = None,
+                n: int = N) -> tuple[ServerData, db.Database]:
+    database = db.Database(url) if url else db.Database.for_data_dir(tmp_path / "srv")
+    with database.write() as conn:
+        user = db.insert_returning_id(conn, db.users.insert().values(name="u", created_at=0))
+        folder = db.insert_returning_id(conn, db.folders.insert().values(
+            owner_id=user, path="/u/f", created_at=0))
+        for i in range(n):
+            s = spec(i)
+            run = db.insert_returning_id(conn, db.runs.insert().values(
+                owner_id=user, uuid=f"{i:032x}", folder_id=folder, name=s["name"],
+                run_name=s["name"], alternative_name=s["name"] + "_1", status=s["status"],
+                labels=json.dumps(s["labels"]), hparams=json.dumps(s["hparams"]),
+                start_timestamp=f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00",
+                created_at=0, updated_at=0))
+            if s["acc"] is not None:
+                metricrows.insert_metric_rows(
+                    conn, run, 0, [("val", "acc", 1, None, s["acc"], "t")])
+    return ServerData(database, User(user, "u")), database
+
+
+def local_data(tmp_path: Path) -> LocalData:
+    from runstore.store import Store
+
+    store = Store(tmp_path / "home")
+    with store.write() as conn:
+        for i in range(N):
+            s = spec(i)
+            run = conn.execute(
+                "INSERT INTO runs (uuid, name, alternative_name, labels, status, "
+                "start_timestamp, hparams, local_dir, folder, hostname) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, '/x', '/u/f', 'h')",
+                (f"{i:032x}", s["name"], s["name"] + "_1", json.dumps(s["labels"]), s["status"],
+                 f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00",
+                 json.dumps(s["hparams"]))).lastrowid
+            if s["acc"] is not None:
+                conn.execute("INSERT INTO metrics VALUES (?, 0, 'val', 'acc', 1, NULL, ?, 't')",
+                             (run, s["acc"]))
+    store.close()
+    return LocalData(tmp_path / "home")
+
+
+def names(page) -> list[str]:
+    return [r.name for r in page.rows]
+
+
+def check_table(data) -> None:
+    q = RunsQuery(folder="/u/f", page_size=50)
+    first = data.runs(q)
+    assert first.total == N and len(first.rows) == 50
+    assert names(first)[0] == "r119"  # newest first by default
+    q.page = 3
+    assert len(data.runs(q).rows) == N - 100
+
+    by_name = data.runs(RunsQuery(folder="/u/f", sort="name", desc=False, page_size=25))
+    assert names(by_name) == sorted(spec(i)["name"] for i in range(N))[:25]
+
+    by_lr = data.runs(RunsQuery(folder="/u/f", sort="h:lr", desc=True, page_size=200))
+    lrs = [r.hparams["lr"] for r in by_lr.rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == 1e-2  # numeric, not text order
+    by_opt = data.runs(RunsQuery(folder="/u/f", sort="h:opt.name", desc=False, page_size=200))
+    assert [r.hparams["opt.name"] for r in by_opt.rows][:60] == ["adam"] * 60
+
+    acc = MetricRef("val", "acc")
+    for desc in (True, False):
+        best = data.runs(RunsQuery(folder="/u/f", sort="best:val/acc", desc=desc,
+                                   page_size=200, metrics=[acc]))
+        values = [r.metrics[acc].max_value if acc in r.metrics else None for r in best.rows]
+        present = [v for v in values if v is not None]
+        assert present == sorted(present, reverse=desc)
+        assert values[len(present):] == [None] * (N - len(present))  # missing ones last
+
+    errors = data.runs(RunsQuery(folder="/u/f", status="Error", page_size=200))
+    assert errors.total == N // 4 and {r.status for r in errors.rows} == {"Error"}
+    exact = data.runs(RunsQuery(folder="/u/f", label="a_b", page_size=200))
+    assert exact.total == N // 10  # "axb" is not "a_b"
+    assert data.runs(RunsQuery(folder="/u/f", label="100%", page_size=200)).total == 1
+    assert data.runs(RunsQuery(folder="/u/f", label="10", page_size=200)).total == 0
+    odd = data.runs(RunsQuery(folder="/u/f", name="-%odd"))
+    assert names(odd) == ["r033-%odd"]
+    assert data.runs(RunsQuery(folder="/u/f", name="r01")).total == 10
+    chosen = data.runs(RunsQuery(folder="/u/f", default_columns=True))
+    assert set(chosen.hparam_keys) == {"lr", "opt.name"} and chosen.metric_refs == [acc]
+    assert "a_b" in chosen.labels and "100%" in chosen.labels
+
+
+def test_server_sqlite(tmp_path: Path) -> None:
+    data, database = server_data(tmp_path)
+    check_table(data)
+    database.dispose()
+
+
+def test_server_postgres(tmp_path: Path, pg_url: str) -> None:
+    data, database = server_data(tmp_path, pg_url)
+    check_table(data)
+    database.dispose()
+
+
+def test_local_store(tmp_path: Path) -> None:
+    check_table(local_data(tmp_path))
+
+
+def test_unknown_folder_is_not_found(tmp_path: Path) -> None:
+    from runstore.ui.data import NotFound
+
+    data, database = server_data(tmp_path, n=1)
+    for bad in ("/u/", "/u/nosuch", "/v/f"):
+        with pytest.raises(NotFound):
+            data.runs(RunsQuery(folder=bad))
+    database.dispose()

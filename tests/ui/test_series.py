@@ -1,0 +1,183 @@
+"""Chart downsampling against a brute-force oracle: the server's rollups (kept up to date as
+chunks arrive, in any chunking) and the local store's SQL bucketing give, per bucket, the true
+min, max, NaN presence and last point, never more buckets than asked for; few points come
+back raw. PostgreSQL gets the same check in test_series_postgres."""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from runstore.server import db, metricrows
+from runstore.server.rollups import rebuild
+from runstore.ui.series import from_rollups, local_series
+
+
+def make_rows(n: int, seed: int = 7) -> list[tuple]:
+    """(type, key, step, epoch, value, timestamp) rows of two interleaved series; steps
+    increase with gaps and repeats, NaNs and spikes sprinkled in."""
+    rnd = random.Random(seed)
+    rows, step = [], 0
+    for i in range(n):
+        step += rnd.choice((0, 1, 1, 1, 2, 5))
+        value = None if rnd.random() < 0.01 else rnd.gauss(0, 1) * (100 if i % 997 == 0 else 1)
+        rows.append(("train", "loss", step, None, value, "t"))
+        if i % 3 == 0:
+            rows.append(("val", "acc", step, None, rnd.random(), "t"))
+    return rows
+
+
+def oracle(points: list[tuple[int, int, float | None]], lo: int, hi: int, buckets: int):
+    """{bucket: (min, max, has_nan, last (seq, step, value))} over (seq, step, value)."""
+    width = hi - lo + 1
+    out: dict[int, list] = {}
+    for seq, step, value in points:
+        if not lo <= step <= hi:
+            continue
+        g = (step - lo) * buckets // width
+        cur = out.setdefault(g, [None, None, False, (-1, 0, None)])
+        if value is None:
+            cur[2] = True
+        else:
+            cur[0] = value if cur[0] is None else min(cur[0], value)
+            cur[1] = value if cur[1] is None else max(cur[1], value)
+        if seq > cur[3][0]:
+            cur[3] = (seq, step, value)
+    return out
+
+
+def check(result: dict, points: list[tuple], lo: int, hi: int, buckets: int,
+          exact: bool = False) -> None:
+    assert len(result["x"]) <= buckets
+    if result["raw"]:
+        inside = sorted((s, q) for q, s, _v in points if lo <= s <= hi)
+        assert result["x"] == [s for s, _q in inside]
+        return
+    want = oracle(points, lo, hi, buckets)
+    # every true extreme is in the answer (bucket edges differ: rollups merge whole buckets)
+    assert min(v for v in result["min"] if v is not None) == pytest.approx(
+        min(w[0] for w in want.values() if w[0] is not None))
+    assert max(v for v in result["max"] if v is not None) == pytest.approx(
+        max(w[1] for w in want.values() if w[1] is not None))
+    assert bool(result["nan"]) == any(w[2] for w in want.values())
+    assert result["x"] == sorted(result["x"])
+    assert all(lo <= x <= hi for x in result["x"])  # nothing from outside the range
+    if exact:  # the same buckets as the oracle's: each one's min, max, NaN and last point
+        got = {x: (mn, mx, y) for x, mn, mx, y in zip(result["x"], result["min"], result["max"],
+                                                        result["y"], strict=True)}
+        assert len(got) == len(want)
+        for mn, mx, has_nan, (_seq, step, value) in want.values():
+            assert got[step] == (mn, mx, value)
+            assert has_nan == (step in result["nan"])
+
+
+def series_points(rows: list[tuple], type_: str, key: str) -> list[tuple]:
+    return [(seq, r[2], r[4]) for seq, r in enumerate(rows) if (r[0], r[1]) == (type_, key)]
+
+
+def server_db(tmp_path: Path, url: str | None = None) -> tuple[db.Database, int]:
+    database = db.Database(url) if url else db.Database.for_data_dir(tmp_path / "srv")
+    with database.write() as conn:
+        user = db.insert_returning_id(conn, db.users.insert().values(name="u", created_at=0))
+        folder = db.insert_returning_id(conn, db.folders.insert().values(
+            owner_id=user, path="/u", created_at=0))
+        run = db.insert_returning_id(conn, db.runs.insert().values(
+            owner_id=user, uuid="a" * 32, folder_id=folder, name="r", run_name="r",
+            alternative_name="r_1", status="Complete", start_timestamp="t", created_at=0,
+            updated_at=0))
+    return database, run
+
+
+def ingest(database: db.Database, run: int, rows: list[tuple], chunk: int) -> None:
+    for start in range(0, len(rows), chunk):
+        with database.write() as conn:
+            metricrows.insert_metric_rows(conn, run, start, rows[start:start + chunk])
+
+
+@pytest.mark.parametrize("chunk", [997, 8_000])
+def test_server_rollups_match_the_oracle(tmp_path: Path, chunk: int) -> None:
+    rows = make_rows(8_000)
+    database, run = server_db(tmp_path)
+    ingest(database, run, rows, chunk)
+    points = series_points(rows, "train", "loss")
+    steps = [p[1] for p in points]
+    with database.read() as conn:
+        summary = conn.execute(select(db.metric_series).where(
+            db.metric_series.c.key == "loss")).one()
+        assert summary.n == len(points)
+        assert summary.nan_count == sum(1 for p in points if p[2] is None)
+        assert summary.max_value == max(p[2] for p in points if p[2] is not None)
+        for lo, hi, buckets in ((None, None, 500), (None, None, 4000), (1000, 9000, 300),
+                                (5000, 5400, 1000), (7, 7, 10)):
+            got = from_rollups(conn, run, "train", "loss", lo, hi, buckets)
+            assert got is not None
+            check(got, points, min(steps) if lo is None else lo,
+                  max(steps) if hi is None else hi, buckets)
+        # a small range of raw points: exactly the rows there
+        assert from_rollups(conn, run, "train", "loss", 5000, 5400, 1000)["raw"]
+        assert from_rollups(conn, run, "val", "nope", None, None, 100) is None
+    # rebuilt from the metric rows, the rollups are the same as kept up at ingest
+    with database.read() as conn:
+        before = conn.execute(select(db.metric_rollups).order_by(
+            *db.metric_rollups.primary_key.columns)).all()
+    with database.write() as conn:
+        rebuild(conn, run)
+    with database.read() as conn:
+        after = conn.execute(select(db.metric_rollups).order_by(
+            *db.metric_rollups.primary_key.columns)).all()
+    assert before == after
+    database.dispose()
+
+
+def test_local_sql_bucketing_matches_the_oracle(tmp_path: Path) -> None:
+    from runstore.store import Store
+
+    rows = make_rows(8_000, seed=11)
+    store = Store(tmp_path / "home")
+    with store.write() as conn:
+        conn.execute("INSERT INTO runs (uuid, name, alternative_name, start_timestamp, "
+                     "local_dir, hostname) VALUES ('u', 'r', 'r_1', 't', '/x', 'h')")
+        conn.executemany("INSERT INTO metrics VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                         [(i, *r) for i, r in enumerate(rows)])
+    store.close()
+    points = series_points(rows, "train", "loss")
+    steps = [p[1] for p in points]
+    conn = sqlite3.connect(f"file:{tmp_path / 'home' / 'runstore.db'}?mode=ro", uri=True)
+    for lo, hi, buckets in ((None, None, 500), (1000, 9000, 300), (5000, 5400, 1000)):
+        got = local_series(conn, 1, "train", "loss", lo, hi, buckets)
+        assert got is not None
+        check(got, points, min(steps) if lo is None else lo, max(steps) if hi is None else hi,
+              buckets, exact=True)
+    conn.close()
+
+
+def test_series_postgres(pg_url: str, tmp_path: Path) -> None:
+    rows = make_rows(6_000, seed=3)
+    database, run = server_db(tmp_path, pg_url)
+    ingest(database, run, rows, 1_500)
+    points = series_points(rows, "train", "loss")
+    steps = [p[1] for p in points]
+    with database.read() as conn:
+        for lo, hi, buckets in ((None, None, 300), (100, 2000, 200)):
+            got = from_rollups(conn, run, "train", "loss", lo, hi, buckets)
+            assert got is not None
+            check(got, points, min(steps) if lo is None else lo,
+                  max(steps) if hi is None else hi, buckets)
+    database.dispose()
+
+
+def test_nan_last_point_is_a_gap(tmp_path: Path) -> None:
+    database, run = server_db(tmp_path)
+    rows = [("train", "loss", s, None, math.nan if s == 4 else float(s), "t") for s in range(8)]
+    rows = [(t, k, s, e, None if v != v else v, ts) for t, k, s, e, v, ts in rows]
+    ingest(database, run, rows, 3)
+    with database.read() as conn:
+        got = from_rollups(conn, run, "train", "loss", None, None, 100)
+    assert got["raw"] and got["y"][4] is None and got["nan"] == [4]
+    database.dispose()
+
