@@ -208,8 +208,8 @@ class Run:
         """
         if self._status != "Running":
             raise RunStateError(
-                f"run {self._alternative_name!r} is {self._status}; "
-                "load_run() it to log more")
+                f"run {self._alternative_name!r} is {self._status}. "
+                f"Try: em.load_run({self._alternative_name!r}) to log more")
         ok = self._ok_text
         if type.__class__ is not _str or type not in ok:
             ok.add(check_metric_type(type))
@@ -256,7 +256,8 @@ class Run:
     def _end_run(self, status: str) -> None:
         if self._status != "Running":
             raise RunStateError(
-                f"run {self._alternative_name!r} is already finished ({self._status})")
+                f"run {self._alternative_name!r} is already finished ({self._status}). "
+                "Try: finish() once; load_run() to go on with it")
         self._writer.flush(self)
         end = now_iso()
         hparams = _json(self._hparams._data)  # catches nested values mutated in place
