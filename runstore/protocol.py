@@ -353,7 +353,7 @@ def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
                     except ValueError as exc:
                         raise ValueError(f"metric row {i}: {exc}") from None
                 good.add(text)
-        if type(ts) is not str or len(ts) > 64 or rules.storable_problem(ts):
+        if type(ts) is not str or len(ts) > 64:
             raise ValueError(f"metric row {i}: the timestamp must be a short string")
         if type(step) is not int or (epoch is not None and type(epoch) is not int):
             raise ValueError(f"metric row {i}: step and epoch must be integers")
@@ -366,6 +366,12 @@ def decode_metric_rows(rows: list[list[Any]]) -> list[tuple]:
             except ValueError as exc:
                 raise ValueError(f"metric row {i}: {exc}") from None
         append((type_, key, step, epoch, None if value != value else value, ts))
+    # Timestamps differ row by row: one scan of them all for what cannot be stored (the
+    # ingest hot path), and only on a hit the row that has it.
+    if rules.storable_problem("".join([r[5] for r in out])):
+        for i, r in enumerate(out):
+            if rules.storable_problem(r[5]):
+                raise ValueError(f"metric row {i}: the timestamp must be a short string")
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,36 +298,60 @@ def check_server_copy(client: Client, store: Store, run: Any,
     return remote
 
 
+def _chunk_body(store: Store, run: Any, run_uuid: str, offset: int, end: int,
+                good: set[str]) -> tuple[bytes, int]:
+    """The request body of rows offset.. (at most one chunk, before end) and its row count."""
+    rows = store.connection().execute(
+        "SELECT type, key, step, epoch, value, timestamp FROM metrics "
+        "WHERE run_id = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+        (run["id"], offset, end, METRIC_CHUNK_ROWS)).fetchall()
+    if not rows:
+        raise LocalDataError(f"run {run_uuid}: metric rows from seq {offset} are "
+                             "missing locally")
+    _check_metric_text(run, rows, good)
+    return _metric_body(offset, rows), len(rows)
+
+
 def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, end: int,
                  tally: _Tally) -> int:
-    """Rows start..end-1 in chunks; returns the server's count after the last chunk."""
-    conn = store.connection()
+    """Rows start..end-1 in chunks; returns the server's count after the last chunk.
+
+    While a chunk is on the wire, a helper thread reads and encodes the next one (the one at
+    offset + rows, what the server almost always acknowledges), so the client's share of the
+    time overlaps the server's instead of adding to it. Only the body is prepared ahead: which
+    offset is sent next is decided by the acknowledgement exactly as without it, and a body
+    prepared for another offset is dropped.
+    """
     server_count = start
     gaps = 0
     good: set[str] = set()
-    while server_count < end:
-        rows = conn.execute(
-            "SELECT type, key, step, epoch, value, timestamp FROM metrics "
-            "WHERE run_id = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
-            (run["id"], server_count, end, METRIC_CHUNK_ROWS)).fetchall()
-        if not rows:
-            raise LocalDataError(f"run {run_uuid}: metric rows from seq {server_count} are "
-                                 "missing locally")
-        _check_metric_text(run, rows, good)
-        body = _metric_body(server_count, rows)
-        del rows
+    ahead: tuple[int, Future] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="runstore-chunks") as pool:
         try:
-            ack = client.request("PUT", f"/runs/{run_uuid}/metrics", content=_resend(body),
-                                 headers={"Content-Type": "application/json"})
-        except PermanentRemoteError as exc:
-            if exc.status_code != 409 or gaps >= 3:
-                raise
-            gaps += 1  # the server holds fewer rows than we thought: ask it and go on
-            server_count = client.request("GET", f"/runs/{run_uuid}")["metric_count"]
-            continue
-        tally.metrics_sent += ack["inserted"]
-        tally.advance(ack["metric_count"] - server_count)
-        server_count = ack["metric_count"]
+            while server_count < end:
+                if ahead is not None and ahead[0] == server_count:
+                    body, n = ahead[1].result()
+                else:
+                    body, n = _chunk_body(store, run, run_uuid, server_count, end, good)
+                ahead = None
+                if server_count + n < end:
+                    ahead = (server_count + n, pool.submit(
+                        _chunk_body, store, run, run_uuid, server_count + n, end, good))
+                try:
+                    ack = client.request("PUT", f"/runs/{run_uuid}/metrics",
+                                         content=_resend(body),
+                                         headers={"Content-Type": "application/json"})
+                except PermanentRemoteError as exc:
+                    if exc.status_code != 409 or gaps >= 3:
+                        raise
+                    gaps += 1  # the server holds fewer rows than we thought: ask it, go on
+                    server_count = client.request("GET", f"/runs/{run_uuid}")["metric_count"]
+                    continue
+                tally.metrics_sent += ack["inserted"]
+                tally.advance(ack["metric_count"] - server_count)
+                server_count = ack["metric_count"]
+        finally:
+            pool.submit(store.close)  # the helper thread's own connection to the store
     return server_count
 
 

@@ -32,7 +32,7 @@ from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
-from runstore.ui.apps import mount_server_ui
+from runstore.ui.apps import frozen_startup_heap, mount_server_ui
 from runstore.ui.routes import is_ui_path
 
 API = p.API_PREFIX
@@ -136,7 +136,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     blob_store = BlobStore(data_dir, database, open_backend(data_dir, blobs))
     app = FastAPI(title="runstore server", version=str(p.PROTOCOL_VERSION),
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs", redoc_url=None,
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None, lifespan=frozen_startup_heap)
     app.state.database = database
     app.state.blobs = blob_store
     app.add_middleware(Gate, database=database, json_limit=json_limit,

@@ -101,39 +101,41 @@ class LocalBackend:
 
     async def append(self, key: str, sha: str, offset: int, size: int,
                      chunks: AsyncIterator[bytes]) -> int:
-        written = await self._stage(key, offset, size, chunks)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # staging and the commit of one upload: one request at a time
+            written = await self._stage(key, offset, size, chunks)
+            if written == size:
+                await self._commit(key, sha, size)
         if written == size:
-            await self._commit(key, sha, size)
+            self._locks.pop(key, None)
         return written
 
     async def _stage(self, key: str, offset: int, size: int,
                      chunks: AsyncIterator[bytes]) -> int:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            current = await self.staged(key)
-            if offset != current:
-                raise Conflict(f"at offset {current}, not {offset}; "
-                               f"resume from {current}")
-            part = self._part(key)
-            hasher = await run_in_threadpool(self._hasher, key, part, current)
-            written = current
-            fh = await run_in_threadpool(part.open, "ab")
-            try:
-                async for chunk in chunks:
-                    if written + len(chunk) > size:
-                        raise TooLarge(f"more bytes than the declared {size}")
-                    await run_in_threadpool(_write_and_hash, fh, hasher, chunk)
-                    written += len(chunk)
-                await run_in_threadpool(_flush_sync, fh)
-            except BaseException:
-                # Whatever reached the file stays (the client resumes at the file's size);
-                # the running hash no longer matches it, so drop it.
-                self._hashers.pop(key, None)
-                raise
-            finally:
-                await run_in_threadpool(fh.close)
-            self._hashers[key] = (written, hasher)
-            return written
+        current = await self.staged(key)
+        if offset != current:
+            raise Conflict(f"at offset {current}, not {offset}; "
+                           f"resume from {current}")
+        part = self._part(key)
+        hasher = await run_in_threadpool(self._hasher, key, part, current)
+        written = current
+        fh = await run_in_threadpool(part.open, "ab")
+        try:
+            async for chunk in chunks:
+                if written + len(chunk) > size:
+                    raise TooLarge(f"more bytes than the declared {size}")
+                await run_in_threadpool(_write_and_hash, fh, hasher, chunk)
+                written += len(chunk)
+            await run_in_threadpool(_flush_sync, fh)
+        except BaseException:
+            # Whatever reached the file stays (the client resumes at the file's size);
+            # the running hash no longer matches it, so drop it.
+            self._hashers.pop(key, None)
+            raise
+        finally:
+            await run_in_threadpool(fh.close)
+        self._hashers[key] = (written, hasher)
+        return written
 
     def _hasher(self, key: str, part: Path, current: int):
         cached = self._hashers.get(key)
@@ -150,7 +152,6 @@ class LocalBackend:
         part = self._part(key)
         hasher = await run_in_threadpool(self._hasher, key, part, size)
         self._hashers.pop(key, None)
-        self._locks.pop(key, None)
         if hasher.hexdigest() != sha:  # type: ignore[attr-defined]
             part.unlink(missing_ok=True)
             raise HashMismatch(f"the bytes sent do not match sha256 {sha}; nothing stored")

@@ -9,6 +9,9 @@ through DNS rebinding).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -100,10 +103,24 @@ def mount_server_ui(app: FastAPI, database, blob_store) -> None:
     routes.install(app, router)
 
 
+@contextlib.asynccontextmanager
+async def frozen_startup_heap(app: FastAPI) -> AsyncIterator[None]:
+    """Move everything alive at startup (modules, the app, SQLAlchemy's metadata: objects that
+    live as long as the process) out of the cyclic garbage collector's sight (gc.freeze).
+
+    Why: a chart request allocates tens of thousands of short-lived objects, which triggers
+    full collections; each one scanned the whole startup heap and cost 50-70 ms, the p95 of
+    chart requests (benchmarks/ui_latency.py: p95 68 -> 23 ms, p50 unchanged at 13 ms)."""
+    gc.collect()
+    gc.freeze()
+    yield
+
+
 def create_local_app(home: Path) -> FastAPI:
     """The read-only UI over the local store in ``home``."""
     data = LocalData(home)
-    app = FastAPI(title="runstore ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="runstore ui", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=frozen_startup_heap)
     app.add_middleware(TrustedHostMiddleware,
                        allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])
 
