@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
 from runstore import protocol as p
-from runstore.server import artifacts, reads, service, t9k
+from runstore.server import artifacts, reads, rollups, service, t9k
 from runstore.server.auth import AuthError, User, authenticate
 from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
@@ -134,6 +134,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     if database is None:
         database = Database(database_url) if database_url else Database.for_data_dir(data_dir)
     blob_store = BlobStore(data_dir, database, open_backend(data_dir, blobs))
+    rollups.backfill(database)  # runs stored by a version without the web UI's rollups
     app = FastAPI(title="runstore server", version=str(p.PROTOCOL_VERSION),
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs", redoc_url=None,
                   swagger_ui_oauth2_redirect_url=None, lifespan=frozen_startup_heap)

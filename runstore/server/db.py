@@ -282,6 +282,11 @@ class Database:
                 # The server and `runstore user ...` may create the schema at the same time.
                 conn.execute(text("SELECT pg_advisory_xact_lock(7461281)"))
             metadata.create_all(conn)
+            # create_all makes missing tables with their indexes, but not an index added later
+            # to a table that already exists (a database made by an older version)
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:

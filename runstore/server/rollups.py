@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import case
+from sqlalchemy import case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -158,3 +158,33 @@ def rebuild(conn: Connection, run_id: int, chunk_rows: int = 50_000) -> None:
         # seqs are dense from 0 (the protocol's offsets), so a chunk is one run of seqs
         add_rows(conn, run_id, rows[0].seq, [tuple(r[1:]) for r in rows])
         offset = rows[-1].seq + 1
+
+
+def backfill(database: db.Database) -> int:
+    """Build the summaries and rollups of runs whose rows are not all folded in (a database
+    written before the rollups existed); the number of runs rebuilt.
+
+    A run needs it when its series' counts do not add up to its ``metric_count``: ingest
+    updates both in one transaction, so they only differ for rows stored without rollups. Each
+    run is rebuilt in its own transaction under its row lock, re-checked there, so replicas
+    starting at once, or a chunk arriving meanwhile, never fold a row twice."""
+    r, s = db.runs.c, db.metric_series.c
+    folded = (select(s.run_id, func.sum(s.n).label("n")).group_by(s.run_id).subquery())
+    behind = (select(r.id).outerjoin_from(db.runs, folded, folded.c.run_id == r.id)
+              .where(r.metric_count != func.coalesce(folded.c.n, 0)))
+    with database.read() as conn:
+        run_ids = list(conn.execute(behind).scalars())
+    rebuilt = 0
+    for run_id in run_ids:
+        with database.write() as conn:
+            locked = select(r.metric_count).where(r.id == run_id)
+            if conn.dialect.name == "postgresql":
+                locked = locked.with_for_update()
+            count = conn.execute(locked).scalar()
+            have = conn.execute(select(func.coalesce(func.sum(s.n), 0))
+                                .where(s.run_id == run_id)).scalar()
+            if count is None or count == have:
+                continue
+            rebuild(conn, run_id)
+            rebuilt += 1
+    return rebuilt

@@ -181,3 +181,41 @@ def test_nan_last_point_is_a_gap(tmp_path: Path) -> None:
     assert got["raw"] and got["y"][4] is None and got["nan"] == [4]
     database.dispose()
 
+
+
+def test_a_database_from_before_the_rollups_gets_them_at_startup(tmp_path: Path) -> None:
+    """A server database written by an older version (rows, no summaries or rollups, no
+    series index): opening it creates the index, and create_app folds every run's rows in,
+    once."""
+    from runstore.server import rollups
+    from runstore.server.app import create_app
+
+    rows = make_rows(5_000, seed=5)
+    database, run = server_db(tmp_path)
+    ingest(database, run, rows, 1_000)
+    with database.read() as conn:
+        kept = conn.execute(select(db.metric_rollups).order_by(
+            *db.metric_rollups.primary_key.columns)).all()
+    with database.write() as conn:  # what an older version left behind
+        conn.execute(db.runs.update().values(metric_count=len(rows)))
+        conn.execute(db.metric_series.delete())
+        conn.execute(db.metric_rollups.delete())
+        conn.exec_driver_sql("DROP INDEX metrics_series_step")
+    database.dispose()
+
+    database = db.Database.for_data_dir(tmp_path / "srv")
+    with database.read() as conn:
+        assert conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                    "AND name = 'metrics_series_step'").first() is not None
+        assert from_rollups(conn, run, "train", "loss", None, None, 500) is None
+    create_app(tmp_path / "srv", database=database)
+    with database.read() as conn:
+        assert conn.execute(select(db.metric_rollups).order_by(
+            *db.metric_rollups.primary_key.columns)).all() == kept
+        got = from_rollups(conn, run, "train", "loss", None, None, 500)
+        assert got is not None
+        points = series_points(rows, "train", "loss")
+        steps = [p[1] for p in points]
+        check(got, points, min(steps), max(steps), 500)
+    assert rollups.backfill(database) == 0  # nothing behind any more: nothing rebuilt
+    database.dispose()
