@@ -85,7 +85,7 @@ def load_run(path: str | os.PathLike[str], auto_upload: bool = False, folder: st
                      "auto_upload = ? WHERE id = ?",
                      (folder, int(make_folder), conflict_strategy, int(auto_upload), row["id"]))
     live = writer_for(store).live_run(row["id"])
-    if live is not None and live._owner_pid == os.getpid():
+    if isinstance(live, Run) and live._owner_pid == os.getpid():
         return live  # already open in this process: the same object, one buffer
     row = find_run_row(store, row["uuid"])
     run = Run._from_store(store, row)

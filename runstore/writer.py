@@ -8,20 +8,39 @@ thread (one per process and store) flushes every run's buffer with ``executemany
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runstore.errors import InvalidTypeError, StoreError
 from runstore.rules import short
 
 if TYPE_CHECKING:
-    from runstore.run import Run
     from runstore.store import Store
+
+
+class Run(Protocol):
+    """What the writer and the exit handlers need of a live run (runstore.run.Run): the
+    writer sits below the run module, so it names the shape, not the class."""
+
+    _pending: collections.deque
+    _flush_lock: Any
+    _metric_count: int
+    _owner_pid: int
+    _status: str
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def alternative_name(self) -> str: ...
+
+    def _end_run(self, status: str) -> None: ...
 
 INSERT_METRICS = (
     "INSERT INTO metrics (run_id, seq, type, key, step, epoch, value, timestamp) "
