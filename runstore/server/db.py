@@ -190,8 +190,9 @@ t9k_run_files = Table(
 
 # The web UI's reads of long series (runstore/server/rollups.py keeps both tables up to date in
 # insert_metric_rows): one summary row per (run, type, key) -- count, NaNs, step range, min, max,
-# last -- and per-level step buckets (bucket = step >> 3*level) holding the same aggregates, so a
-# chart of a million points reads about a thousand rows. Deleting a run deletes them (cascade).
+# last -- and per-level step buckets (bucket = step >> 3*level, levels 2 to 12) holding the same
+# aggregates, so a chart of a million points reads about a thousand rows. Deleting a run deletes
+# them (cascade). WITHOUT ROWID on SQLite: the primary key is the only index they need.
 def _series_columns() -> list[Column]:
     return [Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"),
                    primary_key=True),
@@ -209,12 +210,14 @@ metric_series = Table(
     "metric_series", metadata, *_series_columns(),
     Column("min_step", Int64, nullable=False), Column("max_step", Int64, nullable=False),
     *_aggregate_columns(),
+    sqlite_with_rowid=False,
 )
 metric_rollups = Table(
     "metric_rollups", metadata, *_series_columns(),
     Column("level", Integer, primary_key=True, autoincrement=False),
     Column("bucket", Int64, primary_key=True, autoincrement=False),
     *_aggregate_columns(),
+    sqlite_with_rowid=False,
 )
 
 # Web UI sessions (runstore/ui/sessions.py): the sha256 of the cookie's secret, bound to the

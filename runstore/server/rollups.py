@@ -4,10 +4,16 @@ Why at ingest: a chart of a million-point series must come back in tens of milli
 no SQL aggregate over a million rows does (SQLite or PostgreSQL). So every chunk of rows
 stored by ``metricrows.insert_metric_rows`` (the one way rows get in) also folds into
 ``metric_series`` (one row per run, type and key) and ``metric_rollups`` (level L groups the
-steps ``step >> 3L``: 8, 64, 512, ... steps per bucket, 12 levels). Each row holds count, NaN
-count, min, max and the last point (by upload order). Reading a chart is then: pick the finest
-level with at most a few thousand buckets in the step range, and merge them
-(``runstore.ui.series``). Storage: about one rollup row per 7 metric rows.
+steps ``step >> 3L``: 64, 512, 4096, ... steps per bucket, levels 2 to 12). Each row holds
+count, NaN count, min, max and the last point (by upload order). Reading a chart is then: pick
+the finest level with at most a few thousand buckets in the step range, and merge them
+(``runstore.ui.series``).
+
+Why no level 1 (8 steps): its buckets cost a write per 8 steps of a dense series, and one per
+point of a series logged every 8 steps or more (a validation metric), which was most of the
+ingest time (benchmarks/ingest.py). A range that level 1 would serve holds at most
+4x the points a chart asks for, so the reader takes those rows themselves and merges them.
+Storage: about one rollup row per 60 metric rows of a dense series.
 
 A NaN is stored as NULL: it counts in ``n`` and ``nan_count``, never in min or max.
 """
@@ -16,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from runstore.server import db
 
 LEVEL_BITS = 3
+FIRST_LEVEL = 2
 LEVELS = 12
 
 # (n, nan_count, min, max, last_value, last_step, last_seq, min_step, max_step)
@@ -52,22 +58,25 @@ def add_rows(conn: Connection, run_id: int, offset: int, rows: Sequence[tuple]) 
     run's series summaries and rollups."""
     if not rows:
         return
-    level = _first_level(rows, offset)
+    level = _first_level(rows, offset, LEVEL_BITS * FIRST_LEVEL)
     series = fold(((t, k), agg) for (t, k, _b), agg in level.items())
-    _upsert_series(conn, run_id, series)
-    for lv in range(1, LEVELS + 1):
-        _upsert_rollups(conn, run_id, lv, level)
+    buckets: list[tuple] = []
+    for lv in range(FIRST_LEVEL, LEVELS + 1):
+        buckets += [(run_id, t, k, lv, b, *agg[:7]) for (t, k, b), agg in level.items()]
         if lv < LEVELS:
             level = fold(((t, k, b >> LEVEL_BITS), agg) for (t, k, b), agg in level.items())
+    upsert = _upsert_postgresql if conn.dialect.name == "postgresql" else _upsert_sqlite
+    upsert(conn, _SERIES_SQL, [(run_id, t, k, *agg) for (t, k), agg in series.items()])
+    upsert(conn, _ROLLUP_SQL, buckets)
 
 
-def _first_level(rows: Sequence[tuple], offset: int) -> dict[tuple, Agg]:
-    """Level-1 aggregates straight from the rows: fold() unrolled for single points, since
+def _first_level(rows: Sequence[tuple], offset: int, shift: int) -> dict[tuple, Agg]:
+    """First-level aggregates straight from the rows: fold() unrolled for single points, since
     this loop runs once per metric row stored (rows come in seq order, so each is the last)."""
     acc: dict[tuple, list] = {}
     seq = offset
     for t, k, step, _epoch, v, _ts in rows:
-        key = (t, k, step >> LEVEL_BITS)
+        key = (t, k, step >> shift)
         a = acc.get(key)
         if a is None:
             acc[key] = [1, int(v is None), v, v, v, step, seq, step, step]
@@ -89,56 +98,70 @@ def _first_level(rows: Sequence[tuple], offset: int) -> dict[tuple, Agg]:
     return {key: tuple(a) for key, a in acc.items()}  # type: ignore[misc]
 
 
-def _insert(conn: Connection):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+# The upserts are plain SQL through the driver: SQLAlchemy's per-row parameter processing cost
+# more than the database's work (the same reason as metricrows' bulk insert). The stored
+# aggregate is merged with the incoming one, which holds later points, so its last point wins.
+_MERGE = """n = {t}.n + excluded.n, nan_count = {t}.nan_count + excluded.nan_count,
+    min_value = CASE WHEN {t}.min_value IS NULL OR excluded.min_value < {t}.min_value
+                     THEN excluded.min_value ELSE {t}.min_value END,
+    max_value = CASE WHEN {t}.max_value IS NULL OR excluded.max_value > {t}.max_value
+                     THEN excluded.max_value ELSE {t}.max_value END,
+    last_value = excluded.last_value, last_step = excluded.last_step,
+    last_seq = excluded.last_seq"""
+_AGG_COLUMNS = ("n", "nan_count", "min_value", "max_value", "last_value", "last_step",
+                "last_seq")
+# (table, columns with their PostgreSQL array types, conflict target, extra SET clauses)
+_SERIES_SQL = ("metric_series",
+               (("run_id", "int4"), ("type", "text"), ("key", "text"), *zip(
+                   (*_AGG_COLUMNS, "min_step", "max_step"),
+                   ("int8", "int8", "float8", "float8", "float8", "int8", "int8", "int8",
+                    "int8"), strict=True)),
+               "run_id, type, key",
+               ", min_step = CASE WHEN excluded.min_step < metric_series.min_step "
+               "THEN excluded.min_step ELSE metric_series.min_step END"
+               ", max_step = CASE WHEN excluded.max_step > metric_series.max_step "
+               "THEN excluded.max_step ELSE metric_series.max_step END")
+_ROLLUP_SQL = ("metric_rollups",
+               (("run_id", "int4"), ("type", "text"), ("key", "text"), ("level", "int4"),
+                ("bucket", "int8"), *zip(_AGG_COLUMNS, ("int8", "int8", "float8", "float8",
+                                                        "float8", "int8", "int8"),
+                                         strict=True)),
+               "run_id, type, key, level, bucket", "")
 
 
-def _merged_columns(table, excluded) -> dict:
-    """ON CONFLICT updates: the stored aggregate merged with the incoming one (which holds
-    later points, so its last point wins)."""
-    c = table.c
-    return {
-        "n": c.n + excluded.n,
-        "nan_count": c.nan_count + excluded.nan_count,
-        "min_value": case((c.min_value.is_(None), excluded.min_value),
-                          (excluded.min_value < c.min_value, excluded.min_value),
-                          else_=c.min_value),
-        "max_value": case((c.max_value.is_(None), excluded.max_value),
-                          (excluded.max_value > c.max_value, excluded.max_value),
-                          else_=c.max_value),
-        "last_value": excluded.last_value,
-        "last_step": excluded.last_step,
-        "last_seq": excluded.last_seq,
-    }
+def _statement(spec: tuple, values: str) -> str:
+    table, columns, target, extra = spec
+    names = ", ".join(name for name, _ in columns)
+    return (f"INSERT INTO {table} ({names}) {values} ON CONFLICT ({target}) DO UPDATE SET "
+            f"{_MERGE.format(t=table)}{extra}")
 
 
-def _values(agg: Agg) -> dict:
-    return {"n": agg[0], "nan_count": agg[1], "min_value": agg[2], "max_value": agg[3],
-            "last_value": agg[4], "last_step": agg[5], "last_seq": agg[6]}
+def _upsert_sqlite(conn: Connection, spec: tuple, rows: list[tuple]) -> None:
+    """One prepared statement, executemany."""
+    if rows:
+        marks = ", ".join("?" * len(spec[1]))
+        # "WHERE true" is not needed: VALUES, not SELECT, precedes ON CONFLICT here
+        conn.exec_driver_sql(_statement(spec, f"VALUES ({marks})"), rows)
 
 
-def _upsert_series(conn: Connection, run_id: int, series: dict[tuple, Agg]) -> None:
-    table = db.metric_series
-    stmt = _insert(conn)(table)
-    set_ = _merged_columns(table, stmt.excluded)
-    set_["min_step"] = case((stmt.excluded.min_step < table.c.min_step, stmt.excluded.min_step),
-                            else_=table.c.min_step)
-    set_["max_step"] = case((stmt.excluded.max_step > table.c.max_step, stmt.excluded.max_step),
-                            else_=table.c.max_step)
-    stmt = stmt.on_conflict_do_update(index_elements=["run_id", "type", "key"], set_=set_)
-    conn.execute(stmt, [{"run_id": run_id, "type": t, "key": k, "min_step": agg[7],
-                         "max_step": agg[8], **_values(agg)} for (t, k), agg in series.items()])
-
-
-def _upsert_rollups(conn: Connection, run_id: int, level: int,
-                    buckets: dict[tuple, Agg]) -> None:
-    table = db.metric_rollups
-    stmt = _insert(conn)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["run_id", "type", "key", "level", "bucket"],
-        set_=_merged_columns(table, stmt.excluded))
-    conn.execute(stmt, [{"run_id": run_id, "type": t, "key": k, "level": level, "bucket": b,
-                         **_values(agg)} for (t, k, b), agg in buckets.items()])
+def _upsert_postgresql(conn: Connection, spec: tuple, rows: list[tuple]) -> None:
+    """Binary COPY into a session's temporary table, then one INSERT .. SELECT that empties it
+    (a round trip per row, or arrays as parameters, cost more than the upserts)."""
+    if not rows:
+        return
+    table, columns, _target, _extra = spec
+    staging, names = f"{table}_incoming", ", ".join(name for name, _ in columns)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) "
+                    "ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY {staging} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([kind for _, kind in columns])
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(f"WITH moved AS (DELETE FROM {staging} RETURNING {names}) "
+                    + _statement(spec, f"SELECT {names} FROM moved"))
 
 
 def rebuild(conn: Connection, run_id: int, chunk_rows: int = 50_000) -> None:

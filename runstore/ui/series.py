@@ -23,7 +23,9 @@ MAX_POINTS = 4000        # whatever the browser asks for
 # A rollup level is fine enough when the range holds fewer of its buckets than half the points
 # asked for: the browser asks for twice its pixel width, so that is still a bucket (with its
 # min/max band) per pixel at best; levels 8x apart mean the chosen one holds between points/16
-# and points/2 buckets. A chart reads at most about `points / 2` rows (plus the edges).
+# and points/2 buckets. A chart reads at most about `points / 2` rows (plus the edges), or the
+# points themselves for a range narrower than the first stored level serves (at most 4x
+# `points` for a point per step; runstore/server/rollups.py says why there is no level 1).
 _BUCKETS_PER_POINT = 0.5
 
 
@@ -72,21 +74,23 @@ def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int,
     return _emit(groups.values(), lo, hi, n)
 
 
-def cover(lo: int, hi: int, level: int, bits: int) -> list[tuple[int, int, int]]:
+def cover(lo: int, hi: int, level: int, bits: int,
+          first_level: int = 1) -> list[tuple[int, int, int]]:
     """[lo, hi] as aligned blocks, like a segment tree: (level, first, last) runs of whole
     buckets ``step >> bits*level`` at the given level and finer ones toward the edges, down to
-    (0, lo, hi) step ranges of raw points. At most two runs per level."""
+    (0, lo, hi) step ranges of raw points; levels below ``first_level`` are not used (the
+    edges there are raw ranges). At most two runs per level."""
     if lo > hi:
         return []
-    if level == 0:
+    if level < first_level:
         return [(0, lo, hi)]
     shift = bits * level
     first = (lo + (1 << shift) - 1) >> shift
     last = ((hi + 1) >> shift) - 1
     if first > last:
-        return cover(lo, hi, level - 1, bits)
-    return [(level, first, last), *cover(lo, (first << shift) - 1, level - 1, bits),
-            *cover((last + 1) << shift, hi, level - 1, bits)]
+        return cover(lo, hi, level - 1, bits, first_level)
+    return [(level, first, last), *cover(lo, (first << shift) - 1, level - 1, bits, first_level),
+            *cover((last + 1) << shift, hi, level - 1, bits, first_level)]
 
 
 def _emit(groups: Iterable[list], lo: int, hi: int, n: int) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
     """A series of the server's database, from metric_series/metric_rollups (None if the run
     has no such series)."""
     from runstore.server import db
-    from runstore.server.rollups import LEVEL_BITS, LEVELS
+    from runstore.server.rollups import FIRST_LEVEL, LEVEL_BITS, LEVELS
 
     s = db.metric_series.c
     summary = conn.execute(select(s.n, s.min_step, s.max_step).where(
@@ -139,7 +143,9 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
         level += 1
     r = db.metric_rollups.c
     rows: list[tuple] = []
-    for lv, first, last in cover(lo, hi, level, LEVEL_BITS):
+    # Below the first stored level (a range of at most 4x `points` steps) the rows
+    # themselves are read and merged.
+    for lv, first, last in cover(lo, hi, level, LEVEL_BITS, FIRST_LEVEL):
         if lv == 0:
             rows += [(step, 1, int(value is None), value, value, value, step, seq)
                      for step, value, seq in conn.execute(select(m.step, m.value, m.seq).where(

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from runstore.server import db, metricrows
-from runstore.server.rollups import rebuild
+from runstore.server.rollups import FIRST_LEVEL, LEVELS, rebuild
 from runstore.ui.series import from_rollups, local_series
 
 
@@ -120,6 +120,12 @@ def test_server_rollups_match_the_oracle(tmp_path: Path, chunk: int) -> None:
                   max(steps) if hi is None else hi, buckets)
         # a small range of raw points: exactly the rows there
         assert from_rollups(conn, run, "train", "loss", 5000, 5400, 1000)["raw"]
+        # a range finer than the first stored level: its rows merged, exactly the oracle's
+        fine = from_rollups(conn, run, "train", "loss", 2000, 2900, 300)
+        assert not fine["raw"]
+        check(fine, points, 2000, 2900, 300, exact=True)
+        levels = conn.execute(select(db.metric_rollups.c.level).distinct()).scalars().all()
+        assert min(levels) == FIRST_LEVEL and max(levels) == LEVELS
         assert from_rollups(conn, run, "val", "nope", None, None, 100) is None
     # rebuilt from the metric rows, the rollups are the same as kept up at ingest
     with database.read() as conn:
@@ -168,6 +174,9 @@ def test_series_postgres(pg_url: str, tmp_path: Path) -> None:
             assert got is not None
             check(got, points, min(steps) if lo is None else lo,
                   max(steps) if hi is None else hi, buckets)
+        fine = from_rollups(conn, run, "train", "loss", 100, 800, 200)  # below level 2
+        assert not fine["raw"]
+        check(fine, points, 100, 800, 200, exact=True)
     database.dispose()
 
 
