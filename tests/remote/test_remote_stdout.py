@@ -137,7 +137,7 @@ def test_a_huge_stdout_streams_in_parts_and_resumes_after_a_cut(store, server, a
     run = make_run(store, "chatty")
     log = stdout_of(store, run)
     with log.open("wb") as fh:
-        for i in range(20):
+        for _ in range(20):
             fh.write(os.urandom(512 * 1024).hex().encode()[:1 << 20])
     with FaultProxy(server.port) as proxy:
         proxy.cut_request(b"PATCH /api/v1/uploads", after_bytes=3_000_000, times=1)
