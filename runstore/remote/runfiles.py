@@ -9,7 +9,9 @@ costs two small requests and changes nothing; the server keeps the longer of two
 runstore/server/runfiles.py), so a slow upload of an earlier state never shortens it.
 
 The hash of an unchanged file is remembered in this process (by device, inode, size and
-mtime), so a daemon that uploads a live run every second does not read its whole log each time.
+mtime), and so is what the server acknowledged holding for the run: a daemon that uploads a
+live run every second neither reads its whole log nor sends a request for it while it has not
+changed. (A process that starts afresh asks once: the requests are idempotent.)
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ STDOUT = "stdout.log"
 _READ_BYTES = 1 << 20
 _CACHE_MAX = 4096
 _cache: dict[tuple[int, int, int, int], str] = {}
+# (server, user, run uuid) -> (sha256, size) the server said it holds after our last PUT
+_acked: dict[tuple[str, str, str], tuple[str, int]] = {}
 _cache_lock = threading.Lock()
 
 
 def snapshot(path: Path) -> tuple[str, int] | None:
-    """(sha256, size) of the file's bytes now; None if it is missing, empty or not a file."""
+    """(sha256, size) of the file's bytes now; None if it is missing, unreadable, empty or
+    not a file (a log is never a reason for a run not to go up)."""
     try:
         fh = path.open("rb")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    except OSError:
         return None
     with fh:
         st = os.fstat(fh.fileno())
@@ -68,16 +73,22 @@ def _forget_hashes() -> None:
         _cache.clear()
 
 
-def push_stdout(client: Client, run: Any, tally: Tally) -> bool:
+def push_stdout(client: Client, run: Any, tally: Tally, *, resumed: bool) -> bool:
     """Send the run's stdout.log as it is now and set it on the server's copy of the run;
-    True if the server holds exactly these bytes afterwards."""
+    True if the server holds exactly these bytes afterwards. resumed: the claim found the
+    server's copy of the run (else it is a new copy: what was acknowledged for an earlier
+    one, since replaced, says nothing about it)."""
     path = Path(run["local_dir"]) / STDOUT
+    key = (client.host, client.user, str(run["uuid"]))
     for attempt in (1, 2):
         try:
             snap = snapshot(path)
             if snap is None:
                 return False
             sha, size = snap
+            with _cache_lock:
+                if resumed and _acked.get(key) == snap:
+                    return True  # the server holds exactly this already
             tally.add_total(size)
             push_file(client, str(path), sha, size, tally)
             break
@@ -98,4 +109,8 @@ def push_stdout(client: Client, run: Any, tally: Tally) -> bool:
             # found out by finalize.)
             return False
         raise
+    with _cache_lock:
+        if len(_acked) >= _CACHE_MAX:
+            _acked.clear()
+        _acked[key] = (held["sha256"], held["size_bytes"])
     return bool(held["sha256"] == sha)

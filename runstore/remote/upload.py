@@ -367,7 +367,7 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
         "status": run["status"] if finished else "Running"})
     # stdout.log as it is now (a Running run's grows: each upload sends the newer copy), before
     # finalize, so a run complete on the server has its log there too.
-    push_stdout(client, run, tally)
+    push_stdout(client, run, tally, resumed=claim["outcome"] == "resumed")
     # Re-read for what may change within one generation while we uploaded (hparams,
     # description, a Running run's end). Only what was sent is final: a run that was Running
     # when this upload began stays Running on the server. A run loaded back meanwhile

@@ -147,3 +147,18 @@ def test_a_huge_stdout_streams_in_parts_and_resumes_after_a_cut(store, server, a
             # the part's bytes that arrived before the cut were kept: resumed, not resent
             assert (20 << 20) - 3_000_000 <= result.bytes_sent < 20 << 20
             assert server_stdout(client, run) == log.read_bytes()
+
+
+def test_a_run_the_server_lost_to_a_replace_gets_its_stdout_again(store, client):
+    """This process sent the log before; the server's copy of the run was replaced since (a
+    run of the same name, strategy 'replace'): uploaded again, it is a new copy, and its log
+    goes with it, although this process remembers having sent those bytes."""
+    first = make_run(store, "same-name")
+    stdout_of(store, first).write_bytes(b"the first run's log\n")
+    upload_run(store, first, client)
+    second = make_run(store, "same-name", strategy="replace")
+    assert upload_run(store, second, client).outcome == "replaced"
+    assert server_stdout(client, first) is None  # gone with its run
+    again = upload_run(store, first, client, conflict_strategy="new")
+    assert again.outcome == "renamed"
+    assert server_stdout(client, first) == b"the first run's log\n"
