@@ -35,21 +35,32 @@ def _log(store: Store, run: str, size: int) -> None:
     (local / "stdout.log").write_bytes((line * (size // len(line) + 1))[:size - 1] + b"\n")
 
 
-def _times(store: Store, client: Client, runs: int, log_bytes: int,
-           again: list[float] | None = None) -> list[float]:
-    out = []
+def _upload(store: Store, client: Client, name: str, log_bytes: int) -> tuple[float, float]:
+    """(first upload, the same run uploaded again unchanged: what syncd does to a live run)."""
+    run = make_run(store, name, n_metrics=200)
+    if log_bytes:
+        _log(store, run, log_bytes)
+    start = time.perf_counter()
+    assert upload_run(store, run, client).complete
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    upload_run(store, run, client)
+    return first, time.perf_counter() - start
+
+
+def _pairs(store: Store, client: Client, runs: int, log_bytes: int
+           ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Runs without and with a log, alternating (a slower moment hits both alike); each log's
+    bytes differ (no dedup)."""
+    plain, logged = [], []
     for i in range(runs):
-        run = make_run(store, f"r{log_bytes}-{i}", n_metrics=200)
-        if log_bytes:
-            _log(store, run, log_bytes - i)  # other bytes each time: no dedup
-        start = time.perf_counter()
-        assert upload_run(store, run, client).complete
-        out.append(time.perf_counter() - start)
-        if again is not None:  # uploaded again unchanged (what syncd does to a live run)
-            start = time.perf_counter()
-            upload_run(store, run, client)
-            again.append(time.perf_counter() - start)
-    return out
+        plain.append(_upload(store, client, f"plain-{log_bytes}-{i}", 0))
+        logged.append(_upload(store, client, f"log-{log_bytes}-{i}", log_bytes - i))
+    return plain, logged
+
+
+def _p50(pairs: list[tuple[float, float]], which: int) -> float:
+    return statistics.median(p[which] for p in pairs)
 
 
 def main() -> None:
@@ -60,24 +71,20 @@ def main() -> None:
         token = server.add_user("alice")
         store = Store(Path(tmp) / "home")
         with Client(server.url, token) as client:
-            _times(store, client, 3, 0)  # warm up
-            plain_again: list[float] = []
-            small_again: list[float] = []
-            plain = statistics.median(_times(store, client, args.runs, 0, plain_again))
-            small = statistics.median(_times(store, client, args.runs, 64 * 1024,
-                                             small_again))
-            big_runs = max(3, args.runs // 10)
-            big = statistics.median(_times(store, client, big_runs, 20 << 20))
+            _pairs(store, client, 3, 1000)  # warm up
+            plain, small = _pairs(store, client, args.runs, 64 * 1024)
+            big_plain, big = _pairs(store, client, max(3, args.runs // 10), 20 << 20)
         store.close()
-    print(f"upload_run, 200 rows, no stdout.log:   p50 {plain * 1000:.1f} ms ({args.runs} runs)")
-    print(f"                     64 KB stdout.log: p50 {small * 1000:.1f} ms "
-          f"(ratio {small / plain:.2f}, target <= 1.50)")
-    again, again_log = statistics.median(plain_again), statistics.median(small_again)
-    print(f"again, unchanged, no stdout.log:       p50 {again * 1000:.1f} ms")
-    print(f"                  64 KB stdout.log:    p50 {again_log * 1000:.1f} ms "
-          f"(ratio {again_log / again:.2f}, target <= 1.10)")
-    print(f"                     20 MB stdout.log: p50 {big * 1000:.1f} ms "
-          f"({20 / max(big - plain, 1e-9):.0f} MB/s for the log, {big_runs} runs)")
+    base, log = _p50(plain, 0), _p50(small, 0)
+    print(f"upload_run, 200 rows, no stdout.log: p50 {base * 1000:.1f} ms; "
+          f"with a 64 KB one: p50 {log * 1000:.1f} ms (ratio {log / base:.2f}, "
+          "target <= 1.50)")
+    base, log = _p50(plain, 1), _p50(small, 1)
+    print(f"uploaded again unchanged: p50 {base * 1000:.1f} ms; with the 64 KB log: "
+          f"p50 {log * 1000:.1f} ms (ratio {log / base:.2f}, target <= 1.10)")
+    base, log = _p50(big_plain, 0), _p50(big, 0)
+    print(f"with a 20 MB log: p50 {log * 1000:.1f} ms, {20 / max(log - base, 1e-9):.0f} MB/s "
+          f"for the log ({len(big)} runs)")
     print(f"machine load average: {os.getloadavg()[0]:.1f}")
 
 
