@@ -264,6 +264,31 @@ class UploadStatus(Message):
     complete: bool
 
 
+# -- a run's files (stdout.log) --------------------------------------------------------------
+# The bytes travel as a blob (POST /uploads, PATCH /uploads/{sha}: streamed, resumable,
+# deduplicated); PUT /runs/{uuid}/files/{path} then points the run's file at it.
+RUN_FILES = frozenset({"stdout.log"})
+
+
+class RunFileSet(Message):
+    sha256: str
+    size_bytes: int = Field(ge=0, le=INT64_MAX)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        return rules.check_sha256(value)
+
+
+class RunFileInfo(Message):
+    """What the server holds for a run's file now (after a PUT: possibly a longer copy it
+    kept, see runstore/server/runfiles.py)."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+
+
 class ArtifactObject(Message):
     path: str = Field(max_length=4096)
     kind: Literal["file", "reference"]

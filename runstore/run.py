@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import threading
@@ -259,6 +260,11 @@ class Run:
                 f"run {self._alternative_name!r} is already finished ({self._status}). "
                 "Try: finish() once; load_run() to go on with it")
         self._writer.flush(self)
+        if self._tee is not None:
+            # stdout.log holds what was printed before the run reads as ended: an upload that
+            # sees the end sends the whole log
+            with contextlib.suppress(OSError, ValueError):
+                self._tee.flush()
         end = now_iso()
         hparams = _json(self._hparams._data)  # catches nested values mutated in place
         with self._store.write() as conn:

@@ -4,6 +4,7 @@ format.py    the layout, manifest and COMMIT; verify() checks every hash
 export.py    export_bundle(): a consistent snapshot of what changed, committed last
 merge.py     merge(): a verified bundle into a store, idempotent and order-free
 importer.py  import_bundles(): verify, merge into a (staging) store, upload via runstore.remote
+stdout.py    each run's stdout.log carried as a blob, placed in the importing store
 """
 
 from runstore.bundle.export import ExportResult, export_bundle, store_id

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runstore.bundle import stdout
 from runstore.bundle.format import (
     COMMIT,
     MANIFEST,
@@ -90,6 +91,9 @@ def _create_records(path: Path) -> None:
 def _state(conn: sqlite3.Connection, run: sqlite3.Row) -> str:
     """A fingerprint of a run's metadata and lineage (not its rows, counted apart)."""
     parts = [run[c] for c in _STATE_COLUMNS]
+    logged = stdout.stdout_size(run["local_dir"])
+    if logged:  # a log that grew is carried again (no part for none: older states hold)
+        parts.append(["stdout.log", logged])
     parts.append(conn.execute(
         "SELECT json_group_array(json_array(direction, position, kind, entry)) FROM "
         "(SELECT * FROM main.associations WHERE run_id = ? ORDER BY direction, position)",
@@ -206,6 +210,11 @@ def _write(store: Store, partial: Path, out: Path, bundle_id: str, mode: str,
         for sha, copying in early.items():  # in use a moment ago, not in the snapshot
             copying.result()
             blob(sha).unlink()
+        entries, logs = stdout.carry(store, partial, entries)
+        for name, (log_sha, log_size) in logs.items():
+            if name not in files:
+                files[name] = {"sha256": log_sha, "size": log_size}
+                total += log_size
         sha, size = hashed.result()
     files[RECORDS] = {"sha256": sha, "size": size}
     total += size

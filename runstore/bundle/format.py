@@ -57,6 +57,10 @@ class RunEntry:
     status: str
     rows_from: int
     rows_to: int
+    # The run's stdout.log as exported, carried as a blob of the bundle (bundle/stdout.py);
+    # absent from bundles of older versions and for runs that printed nothing.
+    stdout_sha256: str | None = None
+    stdout_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,13 +147,23 @@ def parse_manifest(data: Any, where: Path) -> Manifest:
     runs = []
     for item in _field(data, "runs", list, where):
         try:
+            stdout = item.get("stdout_sha256")
             runs.append(RunEntry(str(item["uuid"]), str(item["alternative_name"]),
                                  int(item["generation"]), str(item["status"]),
-                                 int(item["rows_from"]), int(item["rows_to"])))
+                                 int(item["rows_from"]), int(item["rows_to"]),
+                                 None if stdout is None else str(stdout),
+                                 int(item.get("stdout_size", 0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleCorruptError(f"{where}: a run entry is malformed ({exc!r}). "
                                      "Try: export the bundle again.") from exc
     files = _field(data, "files", dict, where)
+    for run in runs:  # a carried stdout.log is a listed (so verified) blob of the bundle
+        sha = run.stdout_sha256
+        if sha is not None and files.get(f"blobs/{sha[:2]}/{sha}", {}).get("size") \
+                != run.stdout_size:
+            raise BundleCorruptError(f"{where}: run {run.uuid}'s stdout.log {sha[:16]}... is "
+                                     "not among the bundle's files. Try: export the bundle "
+                                     "again.")
     for name, info in files.items():
         if name != RECORDS and not _BLOB_PATH.match(name):
             raise BundleCorruptError(f"{where}: file name {name!r} is not allowed in a bundle. "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runstore.bundle import stdout
 from runstore.bundle.export import _file_lock
 from runstore.bundle.format import RECORDS, BundleError, Manifest, is_bundle, verify
 from runstore.bundle.merge import check_records, copy_blobs, merge, readiness
@@ -112,7 +113,11 @@ def merge_bundle(store: Store, bundle: Path) -> tuple[Manifest, bool]:
     try:
         check_records(bundle / RECORDS)
         copy_blobs(store, bundle, manifest)
-        return manifest, merge(store, bundle, manifest)
+        merged = merge(store, bundle, manifest)
+        # after the merge (its runs exist now); again on every import of the bundle, so a
+        # crash between the two is mended by importing it again
+        stdout.place(store, bundle, manifest)
+        return manifest, merged
     except sqlite3.DatabaseError as exc:  # hashes hold, yet not a records file we can read
         raise BundleError(
             f"{bundle / RECORDS} cannot be merged ({exc}); nothing of it was written. "

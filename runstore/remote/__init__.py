@@ -3,6 +3,8 @@
 
 client.py    Client: HTTP + retries (tenacity), errors translated where they enter
 upload.py    upload_run / upload_artifact: the idempotent, resumable steps
+blobs.py     bytes sent as content-addressed, resumable blobs
+runfiles.py  a run's stdout.log: sent as a blob, then set on the run
 session.py   t9k's login / logout / upload(path, ...)
 download.py  list_remote, download_run, download_artifact
 """

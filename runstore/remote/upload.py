@@ -1,7 +1,8 @@
 """Uploading one run or artifact: the idempotent steps of the sync protocol.
 
 ensure folder -> claim -> blobs + artifacts -> metric chunks from the server's count ->
-lineage -> finalize -> (locally, in one transaction) mark synced + a remote history record.
+lineage -> stdout.log (runfiles.py) -> finalize -> (locally, in one transaction) mark synced +
+a remote history record.
 Every step can be repeated: a retry after a lost answer, a killed client or a killed server
 never makes a second copy, and resumes where the server stands.
 """
@@ -9,24 +10,21 @@ never makes a second copy, and resumes where the server stands.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from runstore import rules, syncstate
-from runstore.errors import PermanentRemoteError, RunstoreError
-from runstore.protocol import BLOB_PART_BYTES, METRIC_CHUNK_ROWS, encode_metric_row
+from runstore.errors import PermanentRemoteError
+from runstore.protocol import METRIC_CHUNK_ROWS, encode_metric_row
+from runstore.remote.blobs import LocalDataError, Progress, Tally, push_blob
 from runstore.remote.client import Client
+from runstore.remote.runfiles import push_stdout
 from runstore.rows import remote_history
 from runstore.rules import check_conflict_strategy
 from runstore.store import Store
 from runstore.timeutil import now_iso
-
-_READ_BYTES = 1 << 20
-
-Progress = Callable[[int, int], None]
 
 
 class FolderNotFoundError(PermanentRemoteError, ValueError):
@@ -35,10 +33,6 @@ class FolderNotFoundError(PermanentRemoteError, ValueError):
 
 class DivergedError(PermanentRemoteError):
     """The server's copy of a run is not an earlier state of the local one."""
-
-
-class LocalDataError(RunstoreError):
-    """The local store lacks something the upload needs (a run, an artifact or a blob)."""
 
 
 class StoredValueError(LocalDataError):
@@ -94,28 +88,6 @@ class UploadResult:
     kind: str = "Run"
 
 
-class _Tally:
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.total = 0
-        self.done = 0
-        self.metrics_sent = 0
-        self.blobs_sent = 0
-        self.bytes_sent = 0
-
-    def add_total(self, n: int) -> None:
-        self.total += n
-        self._report()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        self._report()
-
-    def _report(self) -> None:
-        if self.progress is not None:
-            self.progress(self.done, max(self.total, self.done))
-
-
 # -- folders ---------------------------------------------------------------------------------
 def ensure_folder(client: Client, folder: str, make_folder: bool) -> str:
     """Create the remote folder if allowed; returns its absolute path."""
@@ -130,54 +102,6 @@ def ensure_folder(client: Client, folder: str, make_folder: bool) -> str:
     return path
 
 
-# -- blobs -----------------------------------------------------------------------------------
-def _file_parts(path: str, start: int, end: int):
-    def produce():
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            left = end - start
-            while left > 0:
-                block = fh.read(min(_READ_BYTES, left))
-                if not block:
-                    raise LocalDataError(f"blob file {path} shrank while uploading")
-                left -= len(block)
-                yield block
-    return produce
-
-
-def push_blob(client: Client, store: Store, sha: str, size: int, tally: _Tally) -> bool:
-    """Upload one blob, resuming at the server's offset; True if bytes were sent."""
-    path = str(store.blob_path(sha))
-    if not os.path.exists(path):
-        raise LocalDataError(f"blob {sha} is missing from the local store {store.home}")
-    status = client.request("POST", "/uploads", json={"sha256": sha, "size_bytes": size})
-    sent_any = False
-    resyncs = 0
-    base = status["offset"]
-    tally.advance(base)
-    while not status["complete"]:
-        offset = status["offset"]
-        end = min(size, offset + BLOB_PART_BYTES)
-        try:
-            status = client.request(
-                "PATCH", f"/uploads/{sha}", params={"offset": offset, "size": size},
-                content=_file_parts(path, offset, end),
-                headers={"Content-Type": "application/octet-stream",
-                         "Content-Length": str(end - offset)})
-        except PermanentRemoteError as exc:
-            # 409: the server is at another offset (our earlier answer got lost, or the server
-            # restarted mid-part): ask where it stands and go on from there.
-            if exc.status_code != 409 or resyncs >= 5:
-                raise
-            resyncs += 1
-            status = client.request("POST", "/uploads", json={"sha256": sha, "size_bytes": size})
-            continue
-        sent_any = True
-        tally.bytes_sent += end - offset
-        tally.advance(status["offset"] - offset)
-    return sent_any
-
-
 def _artifact_row(store: Store, artifact_uuid: str):
     rows = store.read("SELECT * FROM artifacts WHERE uuid = ?", (artifact_uuid,))
     if not rows:
@@ -186,7 +110,7 @@ def _artifact_row(store: Store, artifact_uuid: str):
 
 
 def push_artifact(client: Client, store: Store, artifact_uuid: str, folder_path: str,
-                  strategy: str, tally: _Tally) -> dict[str, Any]:
+                  strategy: str, tally: Tally) -> dict[str, Any]:
     """Blobs the server lacks, then the artifact claim (metadata + objects)."""
     art = _artifact_row(store, artifact_uuid)
     check_stored("artifact", art)
@@ -313,7 +237,7 @@ def _chunk_body(store: Store, run: Any, run_uuid: str, offset: int, end: int,
 
 
 def push_metrics(client: Client, store: Store, run, run_uuid: str, start: int, end: int,
-                 tally: _Tally) -> int:
+                 tally: Tally) -> int:
     """Rows start..end-1 in chunks; returns the server's count after the last chunk.
 
     While a chunk is on the wire, a helper thread reads and encodes the next one (the one at
@@ -408,7 +332,7 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     # The state this upload sends. The run is marked synced only if it is still in exactly
     # this state when the server has acknowledged it (see _mark_done).
     seen = _State.of(run, local_count)
-    tally = _Tally(progress)
+    tally = Tally(progress)
 
     folder_path = ensure_folder(client, folder, make_folder)
     ahead = check_server_copy(client, store, run, local_count)
@@ -441,6 +365,9 @@ def upload_run(store: Store, run_uuid: str, client: Client, *, folder: str | Non
     client.request("PUT", f"/runs/{run_uuid}/lineage", json={
         **lineage, "generation": run["generation"],
         "status": run["status"] if finished else "Running"})
+    # stdout.log as it is now (a Running run's grows: each upload sends the newer copy), before
+    # finalize, so a run complete on the server has its log there too.
+    push_stdout(client, run, tally, resumed=claim["outcome"] == "resumed")
     # Re-read for what may change within one generation while we uploaded (hparams,
     # description, a Running run's end). Only what was sent is final: a run that was Running
     # when this upload began stays Running on the server. A run loaded back meanwhile
@@ -518,7 +445,7 @@ def upload_artifact(store: Store, artifact_uuid: str, client: Client, *,
     """Upload one artifact (missing blobs, then metadata + objects); safe to repeat."""
     strategy = check_conflict_strategy(conflict_strategy or "new")
     _artifact_row(store, artifact_uuid)
-    tally = _Tally(progress)
+    tally = Tally(progress)
     folder_path = ensure_folder(client, "default" if folder is None else folder,
                                 bool(make_folder))
     claim = push_artifact(client, store, artifact_uuid, folder_path, strategy, tally)

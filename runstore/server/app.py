@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
 from runstore import protocol as p
-from runstore.server import artifacts, reads, rollups, service, t9k
+from runstore.server import artifacts, reads, rollups, runfiles, service, t9k
 from runstore.server.auth import AuthError, User, authenticate
 from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
@@ -259,6 +259,26 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
     def finalize(request: Request, uuid: str, body: p.RunFinalize) -> p.FinalizeResponse:
         _checked(check_uuid, uuid)
         return write(service.finalize_run, _user(request), uuid, body)
+
+    # A run's files (stdout.log): the bytes went up as a blob; this points the run at them.
+    # A route of its own, not a field of finalize: every upload of a Running run sends its
+    # grown stdout while finalize stays about rows and state, and a request of a few bytes
+    # keeps a huge log out of JSON bodies (runstore/server/runfiles.py).
+    @app.put(f"{API}/runs/{{uuid}}/files/{{path}}", response_model=p.RunFileInfo)
+    def put_run_file(request: Request, uuid: str, path: str,
+                     body: p.RunFileSet) -> p.RunFileInfo:
+        _checked(check_uuid, uuid)
+        return write(runfiles.set_run_file, _user(request), uuid, path, body)
+
+    @app.get(f"{API}/runs/{{uuid}}/files/{{path}}")
+    async def get_run_file(request: Request, uuid: str, path: str):
+        _checked(check_uuid, uuid)
+        info = await run_in_threadpool(read, runfiles.run_file, _user(request), uuid, path)
+        if not await blob_store.exists(info.sha256):
+            raise HTTPException(404, f"the bytes of {path} are not on this server")
+        return StreamingResponse(blob_store.read(info.sha256),
+                                 media_type="application/octet-stream",
+                                 headers={"Content-Length": str(info.size_bytes)})
 
     @app.post(f"{API}/blobs/missing", response_model=p.BlobMissing)
     def blobs_missing(request: Request, body: p.BlobQuery) -> p.BlobMissing:

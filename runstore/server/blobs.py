@@ -5,7 +5,7 @@
     await store.status(user_id, sha, size)          where an upload stands
     await store.write(user_id, sha, size, offset, chunks)   append one request body
     await store.put_bytes(user_id, data) -> sha     a small object in one call
-    store.read(sha) -> async iterator of bytes      stream a verified blob
+    store.read(sha, start) -> async iterator of bytes   stream a verified blob (from start)
     await store.exists(sha)                         is the blob stored (any owner)
 
 Where the bytes live is a ``Backend``: ``LocalBackend`` (a directory, the default) or
@@ -62,8 +62,8 @@ class Backend(Protocol):
 
     async def exists(self, sha: str) -> bool: ...
 
-    def read(self, sha: str) -> AsyncIterator[bytes]:
-        """The blob's bytes in chunks (FileNotFoundError if absent)."""
+    def read(self, sha: str, start: int = 0) -> AsyncIterator[bytes]:
+        """The blob's bytes from offset start, in chunks (FileNotFoundError if absent)."""
 
     async def close(self) -> None: ...
 
@@ -172,9 +172,11 @@ class LocalBackend:
     async def exists(self, sha: str) -> bool:
         return await run_in_threadpool(self.path(sha).exists)
 
-    async def read(self, sha: str) -> AsyncIterator[bytes]:
+    async def read(self, sha: str, start: int = 0) -> AsyncIterator[bytes]:
         fh = await run_in_threadpool(self.path(sha).open, "rb")
         try:
+            if start:
+                await run_in_threadpool(fh.seek, start)
             while chunk := await run_in_threadpool(fh.read, READ_CHUNK):
                 yield chunk
         finally:
@@ -296,9 +298,10 @@ class BlobStore:
     async def exists(self, sha: str) -> bool:
         return await self.backend.exists(sha)
 
-    def read(self, sha: str) -> AsyncIterator[bytes]:
-        """The blob's bytes, streamed (ownership is the caller's check)."""
-        return self.backend.read(sha)
+    def read(self, sha: str, start: int = 0) -> AsyncIterator[bytes]:
+        """The blob's bytes from offset start (the tail of a log: a ranged read, not the
+        whole blob), streamed; ownership is the caller's check."""
+        return self.backend.read(sha, start)
 
     async def close(self) -> None:
         await self.backend.close()

@@ -234,10 +234,12 @@ class S3Backend:
             return False
         return True
 
-    async def read(self, sha: str) -> AsyncIterator[bytes]:
+    async def read(self, sha: str, start: int = 0) -> AsyncIterator[bytes]:
         import obstore
 
-        result = await obstore.get_async(self.store, self._blob(sha))
+        # A ranged GET from start (the tail of a log without fetching the rest)
+        options: Any = {"range": {"offset": start}} if start else None
+        result = await obstore.get_async(self.store, self._blob(sha), options=options)
         async for chunk in result.stream(min_chunk_size=READ_CHUNK):
             yield bytes(chunk)
 

@@ -166,6 +166,9 @@ class RunDetail:
     history: list[dict[str, Any]]                 # upload/download records
     sync: dict[str, Any] | None                   # local sync state (local UI only)
     stdout_path: Path | None                      # None: not available here
+    # The server's copy of stdout.log: (sha256 of a blob in its blob store, size). The blob
+    # may be in an S3 bucket, so the routes stream it (BlobStore.read), never a local path.
+    stdout_blob: tuple[str, int] | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ can carry any string without it becoming markup.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,15 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from runstore.ui import format as fmt
-from runstore.ui.data import PAGE_SIZES, STATUSES, MetricRef, NotFound, RunsQuery, UIData
+from runstore.ui.data import (
+    PAGE_SIZES,
+    STATUSES,
+    MetricRef,
+    NotFound,
+    RunDetail,
+    RunsQuery,
+    UIData,
+)
 
 HERE = Path(__file__).parent
 PREFIX = "/ui"
@@ -104,26 +113,36 @@ def build_router(get_data: Callable[[Request], UIData], *,
                     data_note=data.read_only_note, url=fmt.RunsUrl(q))
 
     @router.get(PREFIX + "/run/{uuid}", include_in_schema=False)
-    def run(request: Request, uuid: str) -> Response:
-        data = get_data(request)
-        detail = data.run(uuid)
-        tail = None
-        if detail.stdout_path is not None:
-            tail = _tail(detail.stdout_path, STDOUT_TAIL_BYTES)
+    async def run(request: Request, uuid: str) -> Response:
+        # async for the server's stdout.log tail (a ranged read from its blob store); the
+        # database reads and the rendering still run in worker threads
+        data = await run_in_threadpool(get_data, request)
+        detail = await run_in_threadpool(data.run, uuid)
+        tail = await _stdout_tail(request, detail)
         groups = _chart_groups(detail.series)
         spec = {"runs": [{"uuid": detail.uuid, "name": detail.name}],
                 "charts": [{"type": t, "key": k} for _g, items in groups for t, k, _s in items]}
-        return page(request, "run.html", run=detail, stdout_tail=tail, groups=groups,
-                    spec=spec, hparams=fmt.flat_items(detail.hparams),
-                    data_note=data.read_only_note)
+        return await run_in_threadpool(
+            page, request, "run.html", run=detail, stdout_tail=tail, groups=groups, spec=spec,
+            hparams=fmt.flat_items(detail.hparams), data_note=data.read_only_note)
 
     @router.get(PREFIX + "/run/{uuid}/stdout.log", include_in_schema=False)
-    def stdout(request: Request, uuid: str) -> Response:
-        detail = get_data(request).run(uuid)
-        if detail.stdout_path is None:
-            raise NotFound(f"run {uuid} has no stdout.log here")
-        return FileResponse(detail.stdout_path, media_type="text/plain; charset=utf-8",
-                            filename=f"{detail.alternative_name}-stdout.log")
+    async def stdout(request: Request, uuid: str) -> Response:
+        data = await run_in_threadpool(get_data, request)
+        detail = await run_in_threadpool(data.run, uuid)
+        filename = f"{detail.alternative_name}-stdout.log"
+        if detail.stdout_path is not None:
+            return FileResponse(detail.stdout_path, media_type="text/plain; charset=utf-8",
+                                filename=filename)
+        if detail.stdout_blob is not None:
+            sha, size = detail.stdout_blob
+            blobs = request.app.state.blobs
+            if await blobs.exists(sha):  # streamed from the directory or the bucket
+                return StreamingResponse(
+                    blobs.read(sha), media_type="text/plain; charset=utf-8",
+                    headers={"Content-Length": str(size),
+                             "Content-Disposition": _attachment(filename)})
+        raise NotFound(f"run {uuid} has no stdout.log here")
 
     @router.get(PREFIX + "/compare", include_in_schema=False)
     def compare(request: Request) -> Response:
@@ -233,10 +252,36 @@ def _tail(path: Path, limit: int) -> tuple[str, bool]:
         if size > limit:
             f.seek(size - limit)
         data = f.read(limit)
-    cut = size > limit
+    return _tail_text(data, size > limit)
+
+
+def _tail_text(data: bytes, cut: bool) -> tuple[str, bool]:
     if cut and b"\n" in data:
         data = data[data.index(b"\n") + 1:]
     return data.decode("utf-8", errors="replace"), cut
+
+
+async def _stdout_tail(request: Request, detail: RunDetail) -> tuple[str, bool] | None:
+    """The tail of the run's stdout.log: a local file, or a blob in the server's blob store
+    read from size - limit on (a ranged read: a huge log is never fetched whole)."""
+    if detail.stdout_path is not None:
+        return await run_in_threadpool(_tail, detail.stdout_path, STDOUT_TAIL_BYTES)
+    if detail.stdout_blob is None:
+        return None
+    sha, size = detail.stdout_blob
+    start = max(0, size - STDOUT_TAIL_BYTES)
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        async with contextlib.aclosing(request.app.state.blobs.read(sha, start)) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+                got += len(chunk)
+                if got >= STDOUT_TAIL_BYTES:
+                    break
+    except FileNotFoundError:
+        return None  # recorded, but its bytes are not in this blob store
+    return _tail_text(b"".join(chunks)[:STDOUT_TAIL_BYTES], start > 0)
 
 
 # Defense in depth behind the escaping: no inline or foreign script can run on a UI page.

@@ -201,6 +201,10 @@ class ServerData:
                 .join(db.artifacts, a.id == o.artifact_id)
                 .where(a.uuid.in_({x.uuid for x in links if x.uuid}), a.owner_id == self.user.id)
                 .group_by(a.uuid))}
+            # stdout.log, uploaded with the run (or by a t9k client): see server/runfiles.py
+            rf = db.t9k_run_files.c
+            stdout = conn.execute(select(rf.sha256, rf.size_bytes).where(
+                rf.run_id == run.id, rf.path == "stdout.log", rf.sha256.is_not(None))).first()
         inputs: list[ArtifactRef] = []
         outputs: list[ArtifactRef] = []
         for link in links:
@@ -219,7 +223,8 @@ class ServerData:
             labels=json.loads(run.labels), description=run.description,
             hparams=json.loads(run.hparams), platform=json.loads(run.platform),
             git=json.loads(run.git), series=series, inputs=inputs, outputs=outputs,
-            history=json.loads(run.remote), sync=None, stdout_path=None)
+            history=json.loads(run.remote), sync=None, stdout_path=None,
+            stdout_blob=(str(stdout.sha256), int(stdout.size_bytes or 0)) if stdout else None)
 
     def series(self, uuid: str, type_: str, key: str, lo: int | None, hi: int | None,
                points: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import hashlib
 from collections import Counter
 from typing import Any
 
-from tests.reliability.chain import ROWS_SQL, USER, _meta, _wants
+from tests.reliability.chain import ROWS_SQL, STDOUT_SQL, USER, _meta, _wants
 
 
 def read_server_pg(url: str, with_rows: bool | set[str] = True, user: str = USER,
@@ -40,10 +40,12 @@ def read_server_pg(url: str, with_rows: bool | set[str] = True, user: str = USER
                 "WHERE l.run_id = %s ORDER BY l.direction, l.position", (rid,)).fetchall()]
             n_lineage = conn.execute("SELECT COUNT(*) FROM lineage WHERE run_id = %s",
                                      (rid,)).fetchone()[0]
+            stdout = conn.execute(STDOUT_SQL.replace("?", "%s"), (rid,)).fetchone()
             runs.setdefault(uuid, []).append({
                 "node": node, "folder": folder, "status": status, "metric_count": count,
                 "complete": bool(complete), "rows": rows, "n_rows": n_rows, "artifacts": lineage,
-                "lineage": n_lineage, "meta": _meta(*meta)})
+                "lineage": n_lineage, "meta": _meta(*meta),
+                "stdout": tuple(stdout) if stdout else None})
         artifacts: dict[str, list[list[tuple]]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts WHERE owner_id = %s",
                                       (owner,)).fetchall():

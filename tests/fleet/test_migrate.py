@@ -19,6 +19,12 @@ from tests.s3_harness import SeaweedProcess
 from tests.server_harness import ServerProcess, run_cli
 
 
+def stdout_of(store: Store, run: str) -> Path:
+    local = Path(store.read("SELECT local_dir FROM runs WHERE uuid = ?", (run,))[0][0])
+    local.mkdir(parents=True, exist_ok=True)
+    return local / "stdout.log"
+
+
 def test_migrate_sqlite_and_directory_to_postgres_and_s3(tmp_path: Path, pg_url: str):
     store = Store(tmp_path / "home")
     big = secrets.token_bytes(9 * 1024 * 1024)
@@ -29,6 +35,8 @@ def test_migrate_sqlite_and_directory_to_postgres_and_s3(tmp_path: Path, pg_url:
             "w.bin": big if i == 0 else secrets.token_bytes(100), "same.txt": b"same"})
         link(store, run, art, "output")
         runs.append(run)
+    log = b"".join(b"epoch %d done\n" % i for i in range(1000))
+    stdout_of(store, runs[1]).write_bytes(log)  # a run's stdout.log: a blob and a pointer
     old = ServerProcess(tmp_path / "old")
     with old:
         token = old.add_user("alice")
@@ -44,7 +52,8 @@ def test_migrate_sqlite_and_directory_to_postgres_and_s3(tmp_path: Path, pg_url:
         assert done.returncode == 0, done.stderr
         figures = dict(kv.split("=") for kv in done.stdout.split())
         assert figures["runs"] == "3" and figures["metrics"] == str(3 * 2500 + 3)
-        assert figures["blobs_copied"] == "4"  # the big one, two small ones, "same" once
+        # the big one, two small ones, "same" once, the stdout.log
+        assert figures["blobs_copied"] == "5" and figures["t9k_run_files"] == "1"
         # Running it again: refused, one line, nothing changed.
         again = run_cli("server", "migrate", "--from-data", str(old.data_dir),
                         "--to-database", pg_url, "--to-blobs", blobs, extra_env=s3.env)
@@ -62,9 +71,13 @@ def test_migrate_sqlite_and_directory_to_postgres_and_s3(tmp_path: Path, pg_url:
             got = httpx.get(f"{new.url}{API}/blobs/{sha}", timeout=60,
                             headers={"Authorization": f"Bearer {token}"})
             assert got.status_code == 200 and got.content == big
+            assert client.request("GET", f"/runs/{runs[1]}/files/stdout.log") == log
             # New rows after the migration: ids continue past the copied ones.
             more = make_run(store, "after", n_metrics=10, folder="proj")
+            stdout_of(store, more).write_bytes(b"on PostgreSQL + S3 now\n")
             assert upload_run(store, more, client).complete
+            assert client.request("GET", f"/runs/{more}/files/stdout.log") == \
+                b"on PostgreSQL + S3 now\n"
             assert new.add_user("bob")
         assert s3.list_keys("migrated/uploads/") == []
 

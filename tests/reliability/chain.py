@@ -280,6 +280,9 @@ def _ro(path: Path) -> sqlite3.Connection:
 
 
 ROWS_SQL = "SELECT seq, type, key, step, epoch, value, timestamp FROM metrics WHERE run_id = ?"
+# The run's stdout.log on the server (runstore/server/runfiles.py)
+STDOUT_SQL = ("SELECT sha256, size_bytes FROM t9k_run_files WHERE run_id = ? AND "
+              "path = 'stdout.log' AND sha256 IS NOT NULL")
 
 
 def _wants(with_rows: bool | set[str], uuid: str) -> bool:
@@ -292,9 +295,9 @@ def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
     conn = _ro(home / "runstore.db")
     try:
         runs: dict[str, dict[str, Any]] = {}
-        for rid, uuid, name, alt, status, state, err, *meta in conn.execute(
+        for rid, uuid, name, alt, status, state, err, local_dir, *meta in conn.execute(
                 "SELECT r.id, r.uuid, r.name, r.alternative_name, r.status, s.state, "
-                "s.last_error, r.description, r.labels, r.hparams FROM runs r "
+                "s.last_error, r.local_dir, r.description, r.labels, r.hparams FROM runs r "
                 "LEFT JOIN sync_state s ON s.run_id = r.id"):
             n_rows = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?",
                                   (rid,)).fetchone()[0]
@@ -305,10 +308,13 @@ def read_local(home: Path, with_rows: bool | set[str] = True) -> dict[str, Any]:
                 "WHERE a.run_id = ? ORDER BY a.direction, a.position", (rid,))]
             n_assoc = conn.execute("SELECT COUNT(*) FROM associations WHERE run_id = ?",
                                    (rid,)).fetchone()[0]
+            # (sha256, size) of its stdout.log, None when missing or empty (nothing to send)
+            stdout = _file_digest(Path(local_dir) / "stdout.log") \
+                if _wants(with_rows, uuid) else None
             runs[uuid] = {"name": name, "alternative_name": alt, "status": status,
                           "state": state, "last_error": err, "rows": rows, "n_rows": n_rows,
                           "artifacts": outputs, "associations": n_assoc,
-                          "meta": _meta(*meta)}
+                          "meta": _meta(*meta), "stdout": stdout}
         artifacts: dict[str, list[tuple]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts"):
             artifacts[uuid] = conn.execute(
@@ -345,10 +351,12 @@ def read_server(data_dir: Path, with_rows: bool | set[str] = True,
                 "WHERE l.run_id = ? ORDER BY l.direction, l.position", (rid,))]
             n_lineage = conn.execute("SELECT COUNT(*) FROM lineage WHERE run_id = ?",
                                      (rid,)).fetchone()[0]
+            stdout = conn.execute(STDOUT_SQL, (rid,)).fetchone()
             runs.setdefault(uuid, []).append({
                 "node": node, "folder": folder, "status": status, "metric_count": count,
                 "complete": bool(complete), "rows": rows, "n_rows": n_rows, "artifacts": lineage,
-                "lineage": n_lineage, "meta": _meta(*meta)})
+                "lineage": n_lineage, "meta": _meta(*meta),
+                "stdout": tuple(stdout) if stdout else None})
         artifacts: dict[str, list[list[tuple]]] = {}
         for aid, uuid in conn.execute("SELECT id, uuid FROM artifacts WHERE owner_id = ?",
                                       (owner,)):
@@ -372,6 +380,20 @@ def _sha_file(path: Path) -> str | None:
         return digest.hexdigest()
     except FileNotFoundError:
         return None
+
+
+def _stored_blob(data_dir: Path, server_blob: Any, sha: str) -> tuple[str | None, int]:
+    """(sha256 of the bytes the server stores under sha, their size)."""
+    if server_blob is not None:
+        return server_blob(sha)
+    blob = data_dir / "blobs" / sha[:2] / sha
+    return _sha_file(blob), blob.stat().st_size if blob.exists() else 0
+
+
+def _file_digest(path: Path) -> tuple[str, int] | None:
+    sha = _sha_file(path)
+    size = path.stat().st_size if sha is not None else 0
+    return (sha, size) if sha is not None and size else None
 
 
 def full_path(folder: str) -> str:
@@ -505,7 +527,7 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun], *,
     duplicated: list[str] = []
     unexpected: list[str] = []
     wrong: list[str] = []
-    rows_checked = blob_bytes = 0
+    rows_checked = blob_bytes = stdout_bytes = 0
     assert set(lruns) == set(model), "the store and the model disagree on which runs exist"
     duplicated += [u for u, c in sruns.items() if len(c) > 1]
     unexpected += [u for u in sruns if u not in lruns]
@@ -563,14 +585,21 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun], *,
             for _path, kind, sha, size in objects[0]:
                 if kind != "file":
                     continue
-                if server_blob is None:
-                    blob = data_dir / "blobs" / sha[:2] / sha
-                    stored = (_sha_file(blob), blob.stat().st_size if blob.exists() else 0)
-                else:
-                    stored = server_blob(sha)
+                stored = _stored_blob(data_dir, server_blob, sha)
                 if stored != (sha, size) or _sha_file(home / "blobs" / sha[:2] / sha) != sha:
                     lost.append(f"{uuid} (blob {sha})")
                 blob_bytes += size
+        # stdout.log: the node's file byte for byte (none if it printed nothing). A server
+        # view without the key (an older reader) is not checked.
+        if "stdout" in copy:
+            if copy["stdout"] != mine["stdout"]:
+                lost.append(f"{uuid} (stdout.log {copy['stdout']} on the server, "
+                            f"{mine['stdout']} here)")
+            elif copy["stdout"] is not None:
+                sha, size = copy["stdout"]
+                if _stored_blob(data_dir, server_blob, sha) != (sha, size):
+                    lost.append(f"{uuid} (stdout.log blob {sha})")
+                stdout_bytes += size
     # Each (folder, name) with a 'replace' among its runs: one holder, one of them.
     for (folder, name), members in groups.items():
         replacers = [m for m in members if m.role == "conflict" and m.strategy == "replace"]
@@ -586,6 +615,7 @@ def final_check(home: Path, data_dir: Path, model: dict[str, ModelRun], *,
             wrong.append(f"{folder}/{name}: a replacing run was synced, yet the original "
                          "holds the name")
     figures = {"runs": len(model), "rows": rows_checked, "blob_bytes": blob_bytes,
+               "stdout_bytes": stdout_bytes,
                "lost": len(lost), "duplicated": len(duplicated),
                "unexpected": len(unexpected), "wrong": len(wrong)}
     assert not (lost or duplicated or unexpected or wrong), (

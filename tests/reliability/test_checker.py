@@ -36,6 +36,7 @@ def synced(store: Store, tmp_path: Path):
         for step in range(100):
             run.log("train", {"loss": 1 / (step + 1)}, step=step)
         if i == 0:
+            print("epoch 1 done")  # into the run's stdout.log
             art = em.create_artifact("model")
             art.add_file(str(weights))
             run.mark_output(art)
@@ -75,6 +76,7 @@ def test_a_clean_sync_passes(synced):
     figures = final_check(home, data_dir, model)
     assert figures["runs"] == 2 and figures["rows"] == 200
     assert figures["blob_bytes"] == 7000
+    assert figures["stdout_bytes"] == len("epoch 1 done\n")
     assert figures["lost"] == figures["duplicated"] == figures["unexpected"] == 0
 
 
@@ -87,6 +89,24 @@ def test_missing_rows_are_lost(synced):
     with pytest.raises(AssertionError, match="marked synced, but the server holds 90 rows"):
         check_invariants(home, data_dir, model)
     with pytest.raises(AssertionError, match=f"lost=\\['{uuid}'\\]"):
+        final_check(home, data_dir, model)
+
+
+@pytest.mark.parametrize("damage", ["missing", "older copy", "other bytes"])
+def test_a_stdout_log_not_the_nodes_is_lost(synced, damage: str):
+    home, data_dir, model = synced
+    uuid = next(iter(model))
+    rid = _server_run_id(data_dir, uuid)
+    if damage == "missing":
+        sql = ("DELETE FROM t9k_run_files WHERE run_id = ?", (rid,))
+    elif damage == "older copy":
+        sql = ("UPDATE t9k_run_files SET size_bytes = 6 WHERE run_id = ?", (rid,))
+    else:  # the pointer is right, the stored bytes are not
+        sha = hashlib.sha256(b"epoch 1 done\n").hexdigest()
+        (data_dir / "blobs" / sha[:2] / sha).write_bytes(b"epoch 2 done\n")
+        sql = ("SELECT 1", ())
+    _server_sql(data_dir, sql)
+    with pytest.raises(AssertionError, match=f"lost=\\[.{uuid} \\(stdout.log"):
         final_check(home, data_dir, model)
 
 

@@ -64,6 +64,7 @@ PATTERNS = {
     "blobs-missing": b"POST /api/v1/blobs/missing",
     "artifact-claim": b"POST /api/v1/artifacts/claim",
     "whoami": b"GET /api/v1/whoami",
+    "stdout": b"/files/stdout.log HTTP",
 }
 HEAL_TIMEOUT_S = float(os.environ.get("RUNSTORE_MODEL_HEAL_S", "90"))
 _counter = itertools.count()
@@ -385,6 +386,7 @@ def test_nothing_lost_nothing_twice(tmp_path: Path) -> None:
     print(dict(sorted(done.items())))
     # The CI size still injects real faults and checks real data.
     assert done["checked_runs"] > 0 and done["checked_rows"] > 0
+    assert done["checked_stdout_bytes"] > 0  # stdout.log compared byte for byte
     assert done["http_errors_sent"] + done["lost_responses"] + done["server_sigkills"] + \
         done["daemon_sigkills"] + done["training_sigkills"] > 0
     assert done["checked_lost"] == done["checked_duplicated"] == done["checked_unexpected"] == 0

@@ -58,6 +58,8 @@ def world(server, alice):
         "metadata": {"created_timestamp": "2024-01-01T00:00:00+00:00"},
         "objects": [{"path": "x.txt", "kind": "file", "sha256": SHA_X, "size_bytes": 20}]}
     ).raise_for_status()
+    httpx.put(f"{url}/runs/{run_uuid}/files/stdout.log", headers=h(alice),
+              json={"sha256": SHA_X, "size_bytes": 20}).raise_for_status()
     return {"alice": alice, "bob": bob, "carol": carol, "run": run_uuid, "art": art_uuid}
 
 
@@ -91,6 +93,8 @@ OTHER_USER = {
     ("GET", "/api/v1/runs/{uuid}/metrics"): 404,
     ("PUT", "/api/v1/runs/{uuid}/lineage"): 404,
     ("POST", "/api/v1/runs/{uuid}/finalize"): 404,
+    ("PUT", "/api/v1/runs/{uuid}/files/{path}"): 404,
+    ("GET", "/api/v1/runs/{uuid}/files/{path}"): 404,
     ("POST", "/api/v1/blobs/missing"): 200,
     ("GET", "/api/v1/blobs/{sha256}"): 404,
     ("POST", "/api/v1/uploads"): 200,
@@ -102,7 +106,7 @@ OTHER_USER = {
 
 def request_for(method: str, template: str, w: dict):
     path = (template.replace("{path:path}", "alice/default").replace("{uuid}", w["run"])
-            .replace("{sha256}", SHA_X))
+            .replace("{sha256}", SHA_X).replace("{path}", "stdout.log"))
     if template == "/api/v1/artifacts/{uuid}":
         path = template.replace("{uuid}", w["art"])
     kw: dict = {}
@@ -116,6 +120,8 @@ def request_for(method: str, template: str, w: dict):
         kw["json"] = {"offset": 0, "rows": [["train", "loss", 1, None, 0.5, "t"]]}
     elif template.endswith("/lineage"):
         kw["json"] = {"input": [], "output": []}
+    elif template.endswith("/files/{path}") and method == "PUT":
+        kw["json"] = {"sha256": SHA_X, "size_bytes": 20}  # a blob bob does not own
     elif template.endswith("/finalize"):
         kw["json"] = {"metric_count": 0, "metadata": claim_body("/x")["metadata"]}
     elif template == "/api/v1/blobs/missing":
@@ -169,6 +175,8 @@ def test_every_route_requires_a_valid_token_of_the_owner(server, world):
                         headers=h(world["alice"])).status_code == 200
         assert http.get(f"/api/v1/blobs/{SHA_X}", headers=h(world["alice"])).content == \
             b"alice's secret bytes"
+        assert http.get(f"/api/v1/runs/{world['run']}/files/stdout.log",
+                        headers=h(world["alice"])).content == b"alice's secret bytes"
         assert http.get("/api/v1/health").status_code == 200
         assert "paths" in http.get("/api/v1/openapi.json").json()
 

@@ -222,3 +222,59 @@ def _server_meta(data_dir: Path, uuid: str) -> tuple[str, float, str]:
                             "FROM runs WHERE uuid = ?", (uuid,)).fetchone()
     finally:
         conn.close()
+
+
+def server_stdout(data_dir: Path, uuid: str) -> bytes | None:
+    """The stdout.log the server holds for the run (its blob's bytes), None if none."""
+    conn = sqlite3.connect(f"file:{data_dir / 'server.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute(
+            "SELECT f.sha256 FROM t9k_run_files f JOIN runs r ON r.id = f.run_id "
+            "WHERE r.uuid = ? AND f.path = 'stdout.log'", (uuid,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else (data_dir / "blobs" / row[0][:2] / row[0]).read_bytes()
+
+
+def test_a_runs_stdout_grows_on_the_server_while_live_and_arrives_whole(
+        server, token, daemons, home, tmp_path: Path) -> None:
+    """The daemon sends a live run's stdout.log with each upload (a prefix of what it becomes)
+    and, after finish(), all of it: the last words too, printed without a newline."""
+    go = tmp_path / "finish-now"
+    daemon = daemons(server.url, token, live_interval_s=0.2).start()
+    proc = run_python(f"""
+        import os, sys, time, runstore as em
+        run = em.create_run(name='chatty', auto_upload=True)
+        sys.__stdout__.write(run.uuid + ' ' + run.local + '\\n')
+        sys.__stdout__.flush()
+        step = 0
+        while not os.path.exists({str(go)!r}):
+            print(f'step {{step}}: loss={{1 / (step + 1):.4f}} <script>\\u202e')
+            run.log('train', {{'loss': step}}, step=step)
+            step += 1
+            time.sleep(0.01)
+        print('the end', end='')
+        run.finish()
+    """, home, background=True)
+    try:
+        uuid, local = proc.stdout.readline().split()
+        log = Path(local) / "stdout.log"
+        wait_for(lambda: (server_stdout(server.data_dir, uuid) or b"").count(b"\n") >= 20, 30,
+                 "a live run's stdout.log on the server")
+        live = server_stdout(server.data_dir, uuid)
+        assert live is not None and log.read_bytes().startswith(live)
+        go.touch()
+        assert proc.wait(60) == 0
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    wait_for(lambda: all_synced(home, {uuid}), 30, "synced after finish")
+    whole = log.read_bytes()
+    assert whole.endswith(b"the end") and len(whole) > len(live)
+    assert server_stdout(server.data_dir, uuid) == whole
+    assert_exactly_once(home, server.data_dir, {uuid})
+    assert daemon.alive()

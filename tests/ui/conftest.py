@@ -74,6 +74,7 @@ class ServerUI:
     bob: str
     seeded: Seeded
     bob_run: str
+    alice_home: Path                              # alice's local store (the runs' stdout.log)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +95,14 @@ def server_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUI]:
         store.close()
         bob_store = Store(base / "bob-home")
         bob_run = make_run(bob_store, "bobs-secret", n_metrics=20)
+        bob_dir = Path(bob_store.read("SELECT local_dir FROM runs WHERE uuid = ?",
+                                      (bob_run,))[0][0])
+        bob_dir.mkdir(parents=True, exist_ok=True)
+        (bob_dir / "stdout.log").write_text("bobs-secret output\n")
         with Client(server.url, bob) as client:
             upload_run(bob_store, bob_run, client, folder="/bob/private", make_folder=True)
         bob_store.close()
-        yield ServerUI(server, alice, bob, seeded, bob_run)
+        yield ServerUI(server, alice, bob, seeded, bob_run, base / "alice-home")
 
 
 @dataclass

@@ -166,6 +166,40 @@ def test_artifact_page_and_download(page, server_ui) -> None:
     shot(page, "server-artifact")
 
 
+def local_stdout(server_ui, name: str) -> Path:
+    from runstore.store import Store
+
+    store = Store(server_ui.alice_home)
+    try:
+        local = store.read("SELECT local_dir FROM runs WHERE uuid = ?",
+                           (server_ui.seeded.runs[name],))[0][0]
+    finally:
+        store.close()
+    return Path(local) / "stdout.log"
+
+
+def test_run_page_shows_the_uploaded_stdout(page, server_ui) -> None:
+    """The stdout.log that went up with the run: its tail on the page, the whole file as a
+    download byte for byte; a run that printed nothing says so."""
+    base = server_ui.server.url
+    login(page, base, server_ui.alice, then=FOLDER_URL)
+    run_link(page, "baseline").click()
+    page.wait_for_url(re.compile(r"/ui/run/"))
+    tail = page.locator("#stdout-tail").inner_text()
+    assert tail.startswith("epoch 0: loss=") and tail.endswith(f"done {S.HOSTILE_SCRIPT}\n")
+    assert page.locator("#stdout .stdout-head .muted").inner_text() == "the whole file"
+    with page.expect_download() as info:
+        page.click("a:has-text('Download full log')")
+    assert info.value.suggested_filename.endswith("-stdout.log")
+    assert Path(info.value.path()).read_bytes() == local_stdout(server_ui, "baseline")\
+        .read_bytes()
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "server-run-stdout")
+    page.goto(f"{base}/ui/run/{server_ui.seeded.runs['lr-sweep-1']}")
+    assert page.locator("#stdout-tail").count() == 0
+    assert page.locator("#stdout-none").inner_text().startswith("No stdout.log came with")
+
+
 def test_another_users_run_is_not_found(page, server_ui) -> None:
     base = server_ui.server.url
     login(page, base, server_ui.alice)
@@ -174,6 +208,7 @@ def test_another_users_run_is_not_found(page, server_ui) -> None:
     assert page.locator("h1").inner_text() == "Not found"
     assert "bobs-secret" not in page.content()
     for path in (f"/ui/api/series?run={server_ui.bob_run}&type=train&key=k1",
+                 f"/ui/run/{server_ui.bob_run}/stdout.log",
                  "/ui/folder?path=%2Fbob%2Fprivate",
                  f"/ui/compare?run={server_ui.bob_run}"):
         assert page.goto(base + path).status == 404, path
@@ -183,6 +218,7 @@ def test_another_users_run_is_not_found(page, server_ui) -> None:
     page.context.clear_cookies()
     login(page, base, server_ui.bob, then=f"/ui/run/{server_ui.bob_run}")
     assert page.locator("#run-name").inner_text() == "bobs-secret"
+    assert page.locator("#stdout-tail").inner_text() == "bobs-secret output\n"
 
 
 def test_hostile_values_are_text(page, server_ui) -> None:
@@ -207,6 +243,9 @@ def test_hostile_values_are_text(page, server_ui) -> None:
     assert S.HOSTILE_SCRIPT in page.locator("#run-description").inner_text()
     assert page.locator("#hparams th").first.inner_text() == S.HOSTILE_KEY
     assert page.locator(".chart-title").inner_text() == S.HOSTILE_METRIC
+    # stdout.log as uploaded: markup and direction controls are text, line for line
+    assert page.locator("#stdout-tail").inner_text().splitlines() == [
+        S.HOSTILE_SCRIPT, S.HOSTILE_IMG, S.RTL]
     assert page.locator("script:not([src]):not([type='application/json'])").count() == 0
     shot(page, "server-hostile")
 
