@@ -290,6 +290,8 @@ class Database:
             for table in metadata.sorted_tables:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
+            if self.engine.dialect.name == "postgresql":
+                add_hparams_jsonb(conn)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -313,6 +315,26 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def add_hparams_jsonb(conn: Connection) -> None:
+    """PostgreSQL: ``runs.hparams_jsonb``, the hparams document parsed once when the run is
+    written (a stored generated column), so the runs page sorts 10,000 runs by an hparam
+    without parsing 10,000 JSON texts per request. Not in ``metadata``: nothing writes it, and
+    SQLite (which sorts with json_extract on the text) has no such column. A text that is not
+    JSON (never written by this server) becomes NULL instead of failing the row."""
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'runs' AND column_name = 'hparams_jsonb'").first()
+    if exists:
+        return
+    conn.exec_driver_sql(
+        "CREATE OR REPLACE FUNCTION runstore_jsonb_or_null(doc text) RETURNS jsonb "
+        "LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ "
+        "BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$")
+    conn.exec_driver_sql(
+        "ALTER TABLE runs ADD COLUMN hparams_jsonb jsonb "
+        "GENERATED ALWAYS AS (runstore_jsonb_or_null(hparams)) STORED")
 
 
 def lock_user(conn: Connection, user_id: int) -> None:
