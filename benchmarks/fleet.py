@@ -24,7 +24,6 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -212,43 +211,21 @@ def bench_runstore(label: str, tmp: Path, replicas: int, levels: list[int], poin
 
 
 def bench_mlflow(mlflow: str, tmp: Path, levels: list[int], points: int) -> list[tuple]:
-    from tests.server_harness import free_port
+    from mlflow_ui import start_server, stop_server
 
     rows = []
     for level in levels:
         base = tmp / f"mlflow-{level}"
         base.mkdir()
-        port = free_port()
-        log = (base / "mlflow.log").open("ab")
-        proc = subprocess.Popen(
-            [mlflow, "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-             "--default-artifact-root", str(base / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=base, start_new_session=True)
+        proc, url, log = start_server(mlflow, base)
         try:
-            import httpx
-
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2
-                                 ).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start; see " + str(log.name))
-                time.sleep(0.3)
-            fig = run_level("mlflow", f"http://127.0.0.1:{port}", "", base / "clients",
-                            level, points)
+            fig = run_level("mlflow", url, "", base / "clients", level, points)
             import psutil
 
             rss = sum(p.memory_info().rss for p in [psutil.Process(proc.pid),
                       *psutil.Process(proc.pid).children(recursive=True)]) / 2**20
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
-            log.close()
+            stop_server(proc, log)
         rows.append(("MLflow 1 server, SQLite", level, fig, rss))
         print(f"  {'MLflow 1 server, SQLite':<36} {level:>4} uploaders: {fig['pps']:>9,.0f} "
               f"points/s, p95 {fig['p95']:.2f} s, RSS {rss:.0f} MB", flush=True)
