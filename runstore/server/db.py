@@ -39,6 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.sql import column as sql_column
+from sqlalchemy.sql import table as sql_table
 from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
@@ -292,6 +294,7 @@ class Database:
                     index.create(conn, checkfirst=True)
             if self.engine.dialect.name == "postgresql":
                 add_hparams_jsonb(conn)
+                add_hparam_values(conn)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -335,6 +338,69 @@ def add_hparams_jsonb(conn: Connection) -> None:
     conn.exec_driver_sql(
         "ALTER TABLE runs ADD COLUMN hparams_jsonb jsonb "
         "GENERATED ALWAYS AS (runstore_jsonb_or_null(hparams)) STORED")
+
+
+# PostgreSQL: one row per (run, flattened hparam key), kept by a trigger on runs, so sorting a
+# folder by an hparam reads the page from an index in order instead of extracting the key from
+# 10,000 JSON documents (10 ms a page at 10,000 runs). Derived data, not in ``metadata``.
+# Values sort as SQLite's json_extract does: numbers and booleans (0/1) by value, then
+# strings (binary order, "C" collation), arrays and objects (their JSON text); JSON null is no
+# row, like a missing key. A number outside float8's range (1e400) sorts with the texts.
+hparam_values = sql_table("run_hparam_values", *map(sql_column, ("run_id", "folder_id", "key",
+                                                                 "num", "txt")))
+
+_HPARAM_VALUES_DDL = [
+    "CREATE TABLE run_hparam_values ("
+    " run_id integer NOT NULL REFERENCES runs (id) ON DELETE CASCADE,"
+    " folder_id integer NOT NULL, key text NOT NULL, num double precision,"
+    " txt text COLLATE \"C\", PRIMARY KEY (run_id, key))",
+    "CREATE INDEX run_hparam_values_order ON run_hparam_values (folder_id, key, num, txt, run_id)",
+    # the leaves of an hparams document: dotted keys, as runstore.ui.data.flatten
+    "CREATE OR REPLACE FUNCTION runstore_hparam_leaves(doc jsonb) "
+    "RETURNS TABLE (key text, value jsonb) LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ "
+    "WITH RECURSIVE t (key, value) AS ("
+    " SELECT e.key, e.value FROM jsonb_each(CASE WHEN jsonb_typeof(doc) = 'object'"
+    "  THEN doc ELSE '{}'::jsonb END) e"
+    " UNION ALL"
+    " SELECT t.key || '.' || e.key, e.value FROM t, jsonb_each(CASE WHEN"
+    "  jsonb_typeof(t.value) = 'object' THEN t.value ELSE '{}'::jsonb END) e)"
+    " SELECT key, value FROM t WHERE jsonb_typeof(value) <> 'object' OR value = '{}'::jsonb $$",
+    "CREATE OR REPLACE FUNCTION runstore_hparam_rows(run integer, folder integer, doc jsonb) "
+    "RETURNS TABLE (run_id integer, folder_id integer, key text, num double precision, "
+    "txt text) LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ "
+    "SELECT run, folder, y.key,"
+    " CASE WHEN y.t = 'boolean' THEN CASE WHEN y.value = 'true'::jsonb THEN 1.0 ELSE 0.0 END"
+    "  WHEN y.fits THEN y.n::float8 END,"
+    " CASE WHEN y.t = 'string' THEN y.value #>> '{}'"
+    "  WHEN y.t IN ('array', 'object') OR NOT y.fits THEN y.value::text END"
+    " FROM (SELECT x.*, x.n = 0 OR abs(x.n) BETWEEN 4.95e-324 AND 1.7976931348623157e308"
+    "  AS fits FROM (SELECT l.key, l.value, jsonb_typeof(l.value) AS t, CASE WHEN"
+    "  jsonb_typeof(l.value) = 'number' THEN l.value::numeric END AS n"
+    "  FROM runstore_hparam_leaves(doc) l) x) y WHERE y.t <> 'null' $$",
+    "CREATE OR REPLACE FUNCTION runstore_index_hparams() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN"
+    " IF TG_OP = 'UPDATE' THEN DELETE FROM run_hparam_values WHERE run_id = NEW.id; END IF;"
+    " INSERT INTO run_hparam_values"
+    "  SELECT * FROM runstore_hparam_rows(NEW.id, NEW.folder_id, NEW.hparams_jsonb);"
+    " RETURN NULL; END $$",
+    "CREATE TRIGGER runs_hparam_values AFTER INSERT OR UPDATE OF hparams, folder_id ON runs "
+    "FOR EACH ROW EXECUTE FUNCTION runstore_index_hparams()",
+    # a database made before this table: index the runs it already holds
+    "INSERT INTO run_hparam_values SELECT h.* FROM runs r,"
+    " LATERAL runstore_hparam_rows(r.id, r.folder_id, r.hparams_jsonb) h",
+]
+
+
+def add_hparam_values(conn: Connection) -> None:
+    """PostgreSQL: create ``run_hparam_values`` and its trigger (once; the caller holds the
+    schema lock), indexing the runs already stored."""
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+        "AND table_name = 'run_hparam_values'").first()
+    if exists:
+        return
+    for statement in _HPARAM_VALUES_DDL:
+        conn.exec_driver_sql(statement)
 
 
 def lock_user(conn: Connection, user_id: int) -> None:

@@ -20,7 +20,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    literal_column,
     or_,
     select,
     true,
@@ -115,10 +114,9 @@ class ServerData:
             raise NotFound(f"folder {path} not found")
         return row.id
 
-    def _hparam_expr(self, key: str):
+    @staticmethod
+    def _sqlite_hparam(key: str):
         parts = key.split(".")
-        if self.is_pg:  # parsed at write time (db.add_hparams_jsonb)
-            return literal_column("runs.hparams_jsonb", JSONB)[tuple(parts)]
         path = "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
         return func.json_extract(db.runs.c.hparams, path)
 
@@ -134,6 +132,36 @@ class ServerData:
                                                                JSONB))
         each = func.json_each(db.runs.c.labels).table_valued("value")
         return exists(select(literal(1)).select_from(each).where(each.c.value == label))
+
+    def _ids_by_hparam(self, conn: Connection, folder_id: int, where, key: str, desc: bool,
+                       offset: int, limit: int) -> list[int]:
+        """PostgreSQL: a page of run ids sorted by hparam ``key`` (missing last, ties by id),
+        read in order from run_hparam_values' index: the runs that have the key, then, when the
+        page reaches past them, the runs that do not."""
+        r, hv = db.runs.c, db.hparam_values.c
+        has_key = and_(hv.folder_id == folder_id, hv.key == key)
+        if desc:
+            order = [hv.num.desc().nulls_first(), hv.txt.desc().nulls_first(), hv.run_id.desc()]
+        else:
+            order = [hv.num.asc().nulls_last(), hv.txt.asc().nulls_last(), hv.run_id.asc()]
+        ids = list(conn.execute(
+            select(hv.run_id).select_from(db.hparam_values.join(db.runs, r.id == hv.run_id))
+            .where(has_key, where).order_by(*order).limit(limit).offset(offset)).scalars())
+        if len(ids) == limit:
+            return ids
+        if ids or offset == 0:
+            n_with = offset + len(ids)
+        else:  # the page starts past the runs with the key: how many are there?
+            n_with = conn.execute(
+                select(func.count()).select_from(db.hparam_values.join(db.runs,
+                                                                       r.id == hv.run_id))
+                .where(has_key, where)).scalar() or 0
+        without = ~exists(select(literal(1)).select_from(db.hparam_values).where(
+            hv.run_id == r.id, hv.key == key))
+        ids += conn.execute(
+            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc())
+            .limit(limit - len(ids)).offset(max(0, offset - n_with))).scalars()
+        return ids
 
     def runs(self, q: RunsQuery) -> RunsPage:
         r, ms = db.runs.c, db.metric_series.c
@@ -164,14 +192,20 @@ class ServerData:
                     s.c.min_value if lower_is_better(ref.key) else s.c.max_value)
                 order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
             elif q.sort.startswith("h:"):
-                col = self._hparam_expr(q.sort[2:])
-                order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
+                if not self.is_pg:  # (PostgreSQL: _ids_by_hparam below)
+                    col = self._sqlite_hparam(q.sort[2:])
+                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
             else:
                 col = {"name": r.run_name, "status": r.status}.get(q.sort, r.start_timestamp)
                 order.append(col.desc() if q.desc else col.asc())
-            order.append(r.id.desc() if q.desc else r.id.asc())
-            ids = list(conn.execute(stmt.order_by(*order).limit(q.page_size)
-                                    .offset((q.page - 1) * q.page_size)).scalars())
+            offset = (q.page - 1) * q.page_size
+            if self.is_pg and q.sort.startswith("h:"):
+                ids = self._ids_by_hparam(conn, folder_id, where, q.sort[2:], q.desc, offset,
+                                          q.page_size)
+            else:
+                order.append(r.id.desc() if q.desc else r.id.asc())
+                ids = list(conn.execute(stmt.order_by(*order).limit(q.page_size)
+                                        .offset(offset)).scalars())
             by_id = {row.id: row for row in conn.execute(
                 select(r.id, r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
                        r.end_timestamp, r.labels, r.hparams).where(r.id.in_(ids)))} if ids else {}

@@ -28,8 +28,8 @@ def spec(i: int) -> dict:
             "acc": None if i % 6 == 0 else (i % 17) / 17}
 
 
-def server_data(tmp_path: Path, url: str | None = None,
-                n: int = N) -> tuple[ServerData, db.Database]:
+def server_data(tmp_path: Path, url: str | None = None, n: int = N,
+                spec=spec) -> tuple[ServerData, db.Database]:
     database = db.Database(url) if url else db.Database.for_data_dir(tmp_path / "srv")
     with database.write() as conn:
         user = db.insert_returning_id(conn, db.users.insert().values(name="u", created_at=0))
@@ -49,12 +49,12 @@ def server_data(tmp_path: Path, url: str | None = None,
     return ServerData(database, User(user, "u")), database
 
 
-def local_data(tmp_path: Path) -> LocalData:
+def local_data(tmp_path: Path, n: int = N, spec=spec) -> LocalData:
     from runstore.store import Store
 
     store = Store(tmp_path / "home")
     with store.write() as conn:
-        for i in range(N):
+        for i in range(n):
             s = spec(i)
             run = conn.execute(
                 "INSERT INTO runs (uuid, name, alternative_name, labels, status, "
@@ -138,3 +138,84 @@ def test_unknown_folder_is_not_found(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             data.runs(RunsQuery(folder=bad))
     database.dispose()
+
+
+# -- sorting by an hparam whose values are of every JSON type --------------------------------
+# (PostgreSQL reads this order from run_hparam_values' index, SQLite and the local store from
+# json_extract: the three must agree, page by page, with this oracle.)
+MIXED = [3, -1.5, True, False, "b", "B", "a", "\u05d0rtl", [1, 2], {}, None, "missing", 2.0,
+         1e-320, 10**30, 3]
+M = 64
+
+
+def mixed_spec(i: int) -> dict:
+    value = MIXED[i % len(MIXED)]
+    hparams = {"lr": 0.1, "opt": {"beta": value}} if value != "missing" else {"lr": 0.1}
+    return {"name": f"m{i:03d}", "status": "Error" if i % 3 == 0 else "Complete",
+            "labels": [], "hparams": hparams, "acc": None}
+
+
+def expected_order(ids: list[int], desc: bool) -> list[str]:
+    """SQLite's json_extract order: numbers and booleans by value, then texts (binary), arrays
+    and objects as JSON text; null and missing last; ties by id (both reversed when desc,
+    except that missing stays last)."""
+    def key(i: int):
+        value = mixed_spec(i)["hparams"].get("opt", {}).get("beta")
+        if isinstance(value, bool | int | float):
+            return (0, float(value), "")
+        return (1, 0.0, value if isinstance(value, str) else json.dumps(value))
+    present = [i for i in ids if mixed_spec(i)["hparams"].get("opt", {}).get("beta") is not None]
+    missing = [i for i in ids if i not in present]
+    present.sort(key=lambda i: (key(i), i), reverse=desc)
+    missing.sort(reverse=desc)
+    return [mixed_spec(i)["name"] for i in present + missing]
+
+
+def check_mixed_sort(data) -> None:
+    for desc in (False, True):
+        for status in (None, "Error"):
+            ids = [i for i in range(M) if status is None or mixed_spec(i)["status"] == status]
+            want = expected_order(ids, desc)
+            got: list[str] = []
+            for page in range(1, 20):
+                got += names(data.runs(RunsQuery(folder="/u/f", sort="h:opt.beta", desc=desc,
+                                                 status=status, page=page, page_size=5)))
+            assert got == want, (desc, status)
+            # one page on its own, past every run that has the key (PostgreSQL counts them)
+            last = -(-len(want) // 5)
+            alone = data.runs(RunsQuery(folder="/u/f", sort="h:opt.beta", desc=desc,
+                                        status=status, page=last, page_size=5))
+            assert names(alone) == want[(last - 1) * 5:], (desc, status)
+
+
+def test_mixed_hparam_sort_sqlite(tmp_path: Path) -> None:
+    data, database = server_data(tmp_path, n=M, spec=mixed_spec)
+    check_mixed_sort(data)
+    database.dispose()
+
+
+def test_mixed_hparam_sort_local(tmp_path: Path) -> None:
+    check_mixed_sort(local_data(tmp_path, n=M, spec=mixed_spec))
+
+
+def test_mixed_hparam_sort_postgres(tmp_path: Path, pg_url: str) -> None:
+    """Also: the index follows an hparams change (trigger on UPDATE), and a database made
+    before run_hparam_values existed is indexed when the server opens it."""
+    data, database = server_data(tmp_path, pg_url, n=M, spec=mixed_spec)
+    check_mixed_sort(data)
+    with database.write() as conn:
+        conn.execute(db.runs.update().where(db.runs.c.name == "m000")
+                     .values(hparams=json.dumps({"opt": {"beta": -100}})))
+    top = data.runs(RunsQuery(folder="/u/f", sort="h:opt.beta", desc=False, page_size=5))
+    assert names(top)[0] == "m000"
+    with database.write() as conn:
+        conn.execute(db.runs.update().where(db.runs.c.name == "m000")
+                     .values(hparams=json.dumps(mixed_spec(0)["hparams"])))
+        conn.exec_driver_sql("DROP TRIGGER runs_hparam_values ON runs")
+        conn.exec_driver_sql("DROP TABLE run_hparam_values")
+    database.dispose()
+    reopened = db.Database(pg_url)
+    with reopened.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM run_hparam_values").scalar() > M
+    check_mixed_sort(ServerData(reopened, data.user))
+    reopened.dispose()
