@@ -4,6 +4,13 @@ for a 1,000,000-point series, on SQLite and on PostgreSQL.
     .venv/bin/python benchmarks/ui_latency.py             # 10,000 runs, 1,000,000 points
     .venv/bin/python benchmarks/ui_latency.py --quick     # 2,000 runs, 200,000 points
     .venv/bin/python benchmarks/ui_latency.py --sqlite-only | --postgres-only [--runs-only]
+    .venv/bin/python benchmarks/ui_latency.py --mlflow /tmp/mlflow-venv/bin/mlflow
+
+MLflow beside it: when an `mlflow` executable is on PATH (or given with --mlflow; it lives in a
+venv of its own), benchmarks/mlflow_ui.py seeds an MLflow store of the same shape, serves it and
+times the requests MLflow's own UI sends for the same views, --mlflow-iterations times each (10
+by default: MLflow's sorted runs pages take seconds each; seeding takes about 5 minutes at full
+size). --no-mlflow (or --runs-only) skips it.
 
 Each request goes through the whole app in process (routing, session-cookie auth, the
 queries, Jinja rendering / JSON), with starlette's TestClient: what the server spends, without
@@ -34,6 +41,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from runstore.server import db, metricrows  # noqa: E402
 from runstore.server.app import create_app  # noqa: E402
 from runstore.server.auth import add_user  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mlflow_ui  # noqa: E402
 
 LIMIT_MS = 50.0
 KEYS = [("train", "loss"), ("val", "loss"), ("val", "accuracy")]
@@ -204,7 +214,16 @@ def main() -> None:
     parser.add_argument("--runs-only", action="store_true",
                         help="only the runs-page cases (no 1,000,000-point ingest)")
     parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--mlflow", metavar="PATH",
+                        help="the `mlflow` executable to compare with (default: mlflow on PATH)")
+    parser.add_argument("--mlflow-iterations", type=int, default=10)
+    parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
+    if args.iterations < 2 or args.mlflow_iterations < 2:
+        raise SystemExit("need --iterations >= 2 and --mlflow-iterations >= 2")
+    # (--runs-only: no 1,000,000-point series, so none for MLflow either)
+    skip_mlflow = args.no_mlflow or args.runs_only
+    mlflow = None if skip_mlflow else mlflow_ui.find_mlflow(args.mlflow)
     n_runs, n_points = (2_000, 200_000) if args.quick else (10_000, 1_000_000)
     results: list[tuple[str, float, float, float, float]] = []
     load_before = os.getloadavg()[0]
@@ -222,12 +241,12 @@ def main() -> None:
                 results += measure("PostgreSQL", database, Path(tmp) / "pgdata", n_runs,
                                    n_points, args.iterations, args.runs_only)
                 database.dispose()
-    try:
-        import mlflow  # noqa: F401
-
-        print("mlflow is installed, but no comparable figure is measured here yet")
-    except ImportError:
-        print("MLflow: not installed, no figure to compare (pip install mlflow to add one)")
+        if mlflow is not None:
+            results += mlflow_ui.measure_mlflow(mlflow, Path(tmp), n_runs, n_points,
+                                                args.mlflow_iterations)
+    if mlflow is None and not skip_mlflow:
+        print("MLflow: no `mlflow` on PATH, no figure beside runstore's (--mlflow PATH to add "
+              "one: python3 -m venv V && V/bin/pip install mlflow)")
     print(f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs (a loaded machine inflates every figure)")
     print(f"\n{'case':<60} {'p95':>7} {'p50':>6} {'min':>6} {'p95 CPU':>8} {'limit':>6} "
@@ -236,6 +255,10 @@ def main() -> None:
         print(f"{name:<60} {wall:7.1f} {median:6.1f} {fastest:6.1f} {cpu:8.1f} {LIMIT_MS:6.0f} "
               f"{wall / LIMIT_MS:6.2f}{'' if wall <= LIMIT_MS else '  OVER'}")
     print("(ms of wall-clock time per request unless marked CPU; ratio = p95 / limit)")
+    if mlflow is not None:
+        print(f"MLflow: {args.mlflow_iterations} requests per case, over loopback HTTP to "
+              "`mlflow server` (runstore's are in process, without the network); MLflow's "
+              "runs page returns 100 rows, runstore's 50")
 
 
 if __name__ == "__main__":

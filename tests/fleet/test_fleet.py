@@ -164,8 +164,12 @@ def test_fleet_three_replicas_one_postgres_one_bucket(tmp_path: Path):
         after_progress("replica 1 started again")
         replicas[1].start()
         after_progress("PostgreSQL restarted")
+        retries = sum(u.retries for u in uploaders)
         pg.stop()
-        time.sleep(0.5)
+        # down until an uploader has met the outage (a retried request), 10 s at most
+        limit = time.monotonic() + 10
+        while sum(u.retries for u in uploaders) == retries and time.monotonic() < limit:
+            time.sleep(0.05)
         pg.start()
         after_progress("replica 2 restarted")
         replicas[2].restart()
