@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from runstore.server import db, metricrows  # noqa: E402
 from runstore.server.app import create_app  # noqa: E402
@@ -73,7 +74,10 @@ def seed(database: db.Database, n_runs: int, n_points: int) -> tuple[str, str, f
                                     "optimizer": {"name": rnd.choice(["adam", "sgd"]),
                                                   "momentum": 0.9},
                                     "seed": i}),
-                metric_count=0, complete=True, created_at=0.0, updated_at=0.0))
+                # (the rows the summaries below stand for: a count that disagrees makes the
+                # server's start-up backfill rebuild the run from its (absent) rows)
+                metric_count=100 * len(KEYS), complete=True, created_at=0.0,
+                updated_at=0.0))
         conn.execute(db.runs.insert(), runs)
         # (ids from the database: PostgreSQL's sequence must hand them out)
         for (run_id,) in conn.execute(db.runs.select().with_only_columns(db.runs.c.id)
@@ -167,6 +171,9 @@ def measure(label: str, database: db.Database, data_dir: Path, n_runs: int, n_po
           f"{plain_s:.1f} s ({n_points / plain_s:,.0f} rows/s): rollups cost x"
               f"{ingest_s / plain_s:.2f} at ingest")
     app = create_app(data_dir, database=database)
+    with database.read() as conn:  # (the seeded summaries survived the app's start-up)
+        n_series = conn.execute(select(func.count()).select_from(db.metric_series)).scalar()
+    assert n_series == n_runs * len(KEYS) + (0 if runs_only else 2), n_series
     results = []
     with TestClient(app, base_url="http://127.0.0.1") as client:
         client.get("/ui/login")

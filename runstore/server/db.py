@@ -295,6 +295,7 @@ class Database:
             if self.engine.dialect.name == "postgresql":
                 add_hparams_jsonb(conn)
                 add_hparam_values(conn)
+                add_series_folder(conn)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -312,8 +313,12 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A read-only transaction on one snapshot (rolled back at the end)."""
         with self.engine.connect() as conn:
-            if not self.is_sqlite:  # the first statement of the (auto-begun) transaction
-                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if not self.is_sqlite:
+                # Set on the driver's connection (no round trip): psycopg then opens the
+                # transaction with one `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`;
+                # both are reset when the connection goes back to the pool.
+                conn.execution_options(isolation_level="REPEATABLE READ",
+                                       postgresql_readonly=True)
             yield conn
 
     def dispose(self) -> None:
@@ -400,6 +405,50 @@ def add_hparam_values(conn: Connection) -> None:
     if exists:
         return
     for statement in _HPARAM_VALUES_DDL:
+        conn.exec_driver_sql(statement)
+
+
+# PostgreSQL: metric_series.folder_id, the run's folder, kept by triggers (on insert into
+# metric_series, and when a run changes folder), with an index per sortable summary, so a
+# folder's runs page sorted by a metric's last or best value reads its page from an index in
+# order instead of joining and sorting every run's series (15 ms a page at 10,000 runs).
+# Derived data, not in ``metadata``: SQLite sorts the join itself, fast enough there.
+series_by_folder = sql_table("metric_series", *map(sql_column, (
+    "run_id", "folder_id", "type", "key", "min_value", "max_value", "last_value")))
+SERIES_ORDER_COLUMNS = ("min_value", "max_value", "last_value")
+
+_SERIES_FOLDER_DDL = [
+    "ALTER TABLE metric_series ADD COLUMN folder_id integer",
+    "CREATE OR REPLACE FUNCTION runstore_series_folder() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN NEW.folder_id := (SELECT folder_id FROM runs WHERE id = NEW.run_id); RETURN NEW; "
+    "END $$",
+    "CREATE TRIGGER metric_series_folder BEFORE INSERT ON metric_series "
+    "FOR EACH ROW EXECUTE FUNCTION runstore_series_folder()",
+    "CREATE OR REPLACE FUNCTION runstore_runs_series_folder() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN UPDATE metric_series SET folder_id = NEW.folder_id WHERE run_id = NEW.id; "
+    "RETURN NULL; END $$",
+    "CREATE TRIGGER runs_series_folder AFTER UPDATE OF folder_id ON runs FOR EACH ROW "
+    "WHEN (OLD.folder_id IS DISTINCT FROM NEW.folder_id) "
+    "EXECUTE FUNCTION runstore_runs_series_folder()",
+    # a database made before the column: the series it already holds
+    "UPDATE metric_series s SET folder_id = r.folder_id FROM runs r WHERE r.id = s.run_id",
+    *(f"CREATE INDEX metric_series_by_{name} ON metric_series "
+      f"(folder_id, type, key, {name}, run_id)" for name in SERIES_ORDER_COLUMNS),
+    # statistics for the new column now: until autovacuum gathers them, the planner takes
+    # a folder's series for a handful and sorts them all instead of reading the index
+    "ANALYZE metric_series",
+]
+
+
+def add_series_folder(conn: Connection) -> None:
+    """PostgreSQL: add ``metric_series.folder_id``, its triggers and sort indexes (once; the
+    caller holds the schema lock), filling it for the series already stored."""
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'metric_series' AND column_name = 'folder_id'").first()
+    if exists:
+        return
+    for statement in _SERIES_FOLDER_DDL:
         conn.exec_driver_sql(statement)
 
 

@@ -57,11 +57,13 @@ def mount_server_ui(app: FastAPI, database, blob_store) -> None:
         return response
 
     def get_data(request: Request) -> UIData:
-        user = sessions.session_user(database, request.cookies.get(sessions.SESSION_COOKIE))
-        if user is None:
+        secret = request.cookies.get(sessions.SESSION_COOKIE)
+        if not secret:
             raise routes.LoginRequired()
-        request.state.ui_user = user
-        return ServerData(database, user)
+        # The session is checked by the request's first read, in its transaction (one
+        # pooled connection and snapshot per page instead of two).
+        return ServerData(database, session=secret,
+                          on_user=lambda user: setattr(request.state, "ui_user", user))
 
     router, page = routes.build_router(get_data, login=True)
 

@@ -26,6 +26,10 @@ class NotFound(LookupError):
     """Nothing (visible to this user) by that name: a 404 page."""
 
 
+class LoginRequired(Exception):
+    """No live session: the login page (with a way back)."""
+
+
 def lower_is_better(key: str) -> bool:
     """Whether the best value of a metric is its minimum (losses, errors) or its maximum."""
     return bool(_LOWER_IS_BETTER.search(key))

@@ -31,6 +31,7 @@ from runstore.ui import format as fmt
 from runstore.ui.data import (
     PAGE_SIZES,
     STATUSES,
+    LoginRequired,
     MetricRef,
     NotFound,
     RunDetail,
@@ -48,10 +49,6 @@ TYPE_ORDER = {"train": 0, "val": 1, "test": 2}
 def is_ui_path(path: str) -> bool:
     """Paths the web UI serves (and authenticates itself)."""
     return path == "/" or path == PREFIX or path.startswith(PREFIX + "/")
-
-
-class LoginRequired(Exception):
-    """No session: the page redirects to the login form."""
 
 
 def make_templates() -> Jinja2Templates:

@@ -8,8 +8,10 @@ folder of 10,000 runs costs what a page of 50 does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 
 from runstore.server import db
 from runstore.server.auth import User
 from runstore.ui import series as series_mod
+from runstore.ui import sessions
 from runstore.ui.data import (
     ArtifactDetail,
     ArtifactObject,
     ArtifactRef,
     Folder,
+    LoginRequired,
     MetricRef,
     NotFound,
     RunDetail,
@@ -75,19 +80,44 @@ class ServerData:
 
     read_only_note: str | None = None
 
-    def __init__(self, database: db.Database, user: User) -> None:
+    def __init__(self, database: db.Database, user: User | None = None, *,
+                 session: str | None = None,
+                 on_user: Callable[[User], None] | None = None) -> None:
+        """For ``user``; or for the user of login ``session`` (a cookie's secret), checked
+        by the first read (LoginRequired if it is not live), then ``on_user(user)``."""
         self.database = database
-        self.user = user
+        self._user = user
+        self._session = session
+        self._on_user = on_user
         self.is_pg = not database.is_sqlite
+
+    @property
+    def user(self) -> User:
+        if self._user is None:
+            raise RuntimeError("ServerData.user before the session was checked")
+        return self._user
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """One read transaction; the first also checks the login session, in the same
+        transaction."""
+        with self.database.read() as conn:
+            if self._user is None:
+                self._user = sessions.user_in(conn, self._session)
+                if self._user is None:
+                    raise LoginRequired()
+                if self._on_user is not None:
+                    self._on_user(self._user)
+            yield conn
 
     # -- folders and runs ------------------------------------------------------------------
     def folders(self) -> list[Folder]:
         f, r, a = db.folders.c, db.runs.c, db.artifacts.c
-        runs = (select(r.folder_id, func.count().label("n")).where(r.owner_id == self.user.id)
-                .group_by(r.folder_id).subquery())
-        arts = (select(a.folder_id, func.count().label("n"))
-                .where(a.owner_id == self.user.id).group_by(a.folder_id).subquery())
-        with self.database.read() as conn:
+        with self._read() as conn:
+            runs = (select(r.folder_id, func.count().label("n"))
+                    .where(r.owner_id == self.user.id).group_by(r.folder_id).subquery())
+            arts = (select(a.folder_id, func.count().label("n"))
+                    .where(a.owner_id == self.user.id).group_by(a.folder_id).subquery())
             rows = conn.execute(
                 select(f.path, func.coalesce(runs.c.n, 0), func.coalesce(arts.c.n, 0))
                 .outerjoin_from(db.folders, runs, runs.c.folder_id == f.id)
@@ -98,7 +128,7 @@ class ServerData:
     def recent_runs(self, limit: int) -> list[RunRow]:
         """The user's latest runs, any folder (newest first)."""
         r = db.runs.c
-        with self.database.read() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
                        r.end_timestamp, r.labels, db.folders.c.path)
@@ -133,39 +163,67 @@ class ServerData:
         each = func.json_each(db.runs.c.labels).table_valued("value")
         return exists(select(literal(1)).select_from(each).where(each.c.value == label))
 
-    def _ids_by_hparam(self, conn: Connection, folder_id: int, where, key: str, desc: bool,
+    @staticmethod
+    def _two_part_page(conn: Connection, keyed: Select, n_keyed: Select, rest: Select,
                        offset: int, limit: int) -> list[int]:
-        """PostgreSQL: a page of run ids sorted by hparam ``key`` (missing last, ties by id),
-        read in order from run_hparam_values' index: the runs that have the key, then, when the
-        page reaches past them, the runs that do not."""
-        r, hv = db.runs.c, db.hparam_values.c
-        has_key = and_(hv.folder_id == folder_id, hv.key == key)
-        if desc:
-            order = [hv.num.desc().nulls_first(), hv.txt.desc().nulls_first(), hv.run_id.desc()]
-        else:
-            order = [hv.num.asc().nulls_last(), hv.txt.asc().nulls_last(), hv.run_id.asc()]
-        ids = list(conn.execute(
-            select(hv.run_id).select_from(db.hparam_values.join(db.runs, r.id == hv.run_id))
-            .where(has_key, where).order_by(*order).limit(limit).offset(offset)).scalars())
+        """A page of run ids from two ordered parts: ``keyed`` (the runs that have the sort
+        key, read in index order), then ``rest`` (the runs without it); ``n_keyed`` counts
+        the first part, needed only when the page starts past it."""
+        ids = list(conn.execute(keyed.limit(limit).offset(offset)).scalars())
         if len(ids) == limit:
             return ids
         if ids or offset == 0:
             n_with = offset + len(ids)
-        else:  # the page starts past the runs with the key: how many are there?
-            n_with = conn.execute(
-                select(func.count()).select_from(db.hparam_values.join(db.runs,
-                                                                       r.id == hv.run_id))
-                .where(has_key, where)).scalar() or 0
+        else:
+            n_with = conn.execute(n_keyed).scalar() or 0
+        ids += conn.execute(rest.limit(limit - len(ids))
+                            .offset(max(0, offset - n_with))).scalars()
+        return ids
+
+    def _ids_by_hparam(self, conn: Connection, folder_id: int, where, key: str, desc: bool,
+                       offset: int, limit: int) -> list[int]:
+        """PostgreSQL: a page of run ids sorted by hparam ``key`` (missing last, ties by id),
+        from run_hparam_values' index."""
+        r, hv = db.runs.c, db.hparam_values.c
+        joined = db.hparam_values.join(db.runs, r.id == hv.run_id)
+        has_key = and_(hv.folder_id == folder_id, hv.key == key, where)
+        if desc:
+            order = [hv.num.desc().nulls_first(), hv.txt.desc().nulls_first(), hv.run_id.desc()]
+        else:
+            order = [hv.num.asc().nulls_last(), hv.txt.asc().nulls_last(), hv.run_id.asc()]
         without = ~exists(select(literal(1)).select_from(db.hparam_values).where(
             hv.run_id == r.id, hv.key == key))
-        ids += conn.execute(
-            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc())
-            .limit(limit - len(ids)).offset(max(0, offset - n_with))).scalars()
-        return ids
+        return self._two_part_page(
+            conn, select(hv.run_id).select_from(joined).where(has_key).order_by(*order),
+            select(func.count()).select_from(joined).where(has_key),
+            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc()),
+            offset, limit)
+
+    def _ids_by_metric(self, conn: Connection, folder_id: int, where, ref: MetricRef,
+                       column: str, desc: bool, offset: int, limit: int) -> list[int]:
+        """PostgreSQL: a page of run ids sorted by a series summary (``column`` of
+        metric_series; runs without a value last, ties by id), from the
+        metric_series_by_<column> index."""
+        r, s = db.runs.c, db.series_by_folder.c
+        col = s[column]
+        joined = db.series_by_folder.join(db.runs, r.id == s.run_id)
+        has_value = and_(s.folder_id == folder_id, s.type == ref.type, s.key == ref.key,
+                         col.is_not(None), where)
+        # (NULLs are filtered out: the index's own NULL placement serves either direction)
+        order = [col.desc(), s.run_id.desc()] if desc else [col.asc(), s.run_id.asc()]
+        other = db.series_by_folder.alias("valued")
+        without = ~exists(select(literal(1)).select_from(other).where(
+            other.c.run_id == r.id, other.c.type == ref.type, other.c.key == ref.key,
+            other.c[column].is_not(None)))
+        return self._two_part_page(
+            conn, select(s.run_id).select_from(joined).where(has_value).order_by(*order),
+            select(func.count()).select_from(joined).where(has_value),
+            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc()),
+            offset, limit)
 
     def runs(self, q: RunsQuery) -> RunsPage:
         r, ms = db.runs.c, db.metric_series.c
-        with self.database.read() as conn:
+        with self._read() as conn:
             folder_id = self._folder_id(conn, q.folder)
             cond = [r.folder_id == folder_id]
             if q.status:
@@ -182,27 +240,33 @@ class ServerData:
             # each run: half the time of sorting whole rows on PostgreSQL), then their rows.
             stmt = select(r.id).where(where)
             order: list[Any] = []
-            if q.sort.startswith(("last:", "best:")):
+            offset = (q.page - 1) * q.page_size
+            metric = q.sort.startswith(("last:", "best:"))
+            if metric:
                 which, _, ref_text = q.sort.partition(":")
                 ref = MetricRef.parse(ref_text)
-                s = db.metric_series.alias("sorted_series")
-                stmt = stmt.outerjoin(s, and_(s.c.run_id == r.id, s.c.type == ref.type,
-                                              s.c.key == ref.key))
-                col = s.c.last_value if which == "last" else (
-                    s.c.min_value if lower_is_better(ref.key) else s.c.max_value)
-                order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
-            elif q.sort.startswith("h:"):
-                if not self.is_pg:  # (PostgreSQL: _ids_by_hparam below)
-                    col = self._sqlite_hparam(q.sort[2:])
-                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
-            else:
-                col = {"name": r.run_name, "status": r.status}.get(q.sort, r.start_timestamp)
-                order.append(col.desc() if q.desc else col.asc())
-            offset = (q.page - 1) * q.page_size
-            if self.is_pg and q.sort.startswith("h:"):
+                column = "last_value" if which == "last" else (
+                    "min_value" if lower_is_better(ref.key) else "max_value")
+            if self.is_pg and metric:
+                ids = self._ids_by_metric(conn, folder_id, where, ref, column, q.desc, offset,
+                                          q.page_size)
+            elif self.is_pg and q.sort.startswith("h:"):
                 ids = self._ids_by_hparam(conn, folder_id, where, q.sort[2:], q.desc, offset,
                                           q.page_size)
             else:
+                if metric:
+                    s = db.metric_series.alias("sorted_series")
+                    stmt = stmt.outerjoin(s, and_(s.c.run_id == r.id, s.c.type == ref.type,
+                                                  s.c.key == ref.key))
+                    col = s.c[column]
+                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
+                elif q.sort.startswith("h:"):
+                    col = self._sqlite_hparam(q.sort[2:])
+                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
+                else:
+                    col = {"name": r.run_name, "status": r.status}.get(q.sort,
+                                                                         r.start_timestamp)
+                    order.append(col.desc() if q.desc else col.asc())
                 order.append(r.id.desc() if q.desc else r.id.asc())
                 ids = list(conn.execute(stmt.order_by(*order).limit(q.page_size)
                                         .offset(offset)).scalars())
@@ -253,7 +317,7 @@ class ServerData:
 
     def run(self, uuid: str) -> RunDetail:
         ms, lin, a, f = db.metric_series.c, db.lineage.c, db.artifacts.c, db.folders.c
-        with self.database.read() as conn:
+        with self._read() as conn:
             run = self._run_row(conn, uuid)
             series = {(s.type, s.key): SeriesSummary(s.n, s.nan_count, s.min_value,
                                                      s.max_value, s.last_value, s.last_step)
@@ -298,7 +362,7 @@ class ServerData:
 
     def series(self, uuid: str, type_: str, key: str, lo: int | None, hi: int | None,
                points: int) -> dict[str, Any]:
-        with self.database.read() as conn:
+        with self._read() as conn:
             run = self._run_row(conn, uuid)
             got = series_mod.from_rollups(conn, run.id, type_, key, lo, hi, points)
         if got is None:
@@ -317,7 +381,7 @@ class ServerData:
 
     def artifact(self, uuid: str) -> ArtifactDetail:
         o, lin, r = db.artifact_objects.c, db.lineage.c, db.runs.c
-        with self.database.read() as conn:
+        with self._read() as conn:
             art = self._artifact_row(conn, uuid)
             objects = [ArtifactObject(x.path, x.kind, x.size_bytes, x.sha256, x.uri)
                        for x in conn.execute(select(db.artifact_objects).where(
@@ -337,7 +401,7 @@ class ServerData:
 
     def blob(self, artifact_uuid: str, obj_path: str) -> tuple[Path | str, int]:
         o = db.artifact_objects.c
-        with self.database.read() as conn:
+        with self._read() as conn:
             art = self._artifact_row(conn, artifact_uuid)
             obj = conn.execute(select(o.sha256, o.size_bytes).where(
                 o.artifact_id == art.id, o.path == obj_path, o.kind == "file")).first()

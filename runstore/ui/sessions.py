@@ -18,6 +18,7 @@ import secrets
 import time
 
 from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection
 
 from runstore.server import db
 from runstore.server.auth import TOKEN_RE, AuthError, User, authenticate
@@ -60,16 +61,21 @@ def login(database: db.Database, token: str, now: float | None = None) -> tuple[
 def session_user(database: db.Database, secret: str | None,
                  now: float | None = None) -> User | None:
     """The user of a live session cookie, or None."""
+    with database.read() as conn:
+        return user_in(conn, secret, now)
+
+
+def user_in(conn: Connection, secret: str | None, now: float | None = None) -> User | None:
+    """session_user() inside a read transaction the caller already holds."""
     if not secret or len(secret) > 100:
         return None
     s, t, u = db.ui_sessions.c, db.tokens.c, db.users.c
     now = time.time() if now is None else now
-    with database.read() as conn:
-        row = conn.execute(
-            select(u.id, u.name).select_from(db.ui_sessions)
-            .join(db.tokens, t.id == s.token_id).join(db.users, u.id == s.user_id)
-            .where(s.id_hash == _hash(secret), s.expires_at > now,
-                   t.revoked_at.is_(None), t.user_id == s.user_id)).first()
+    row = conn.execute(
+        select(u.id, u.name).select_from(db.ui_sessions)
+        .join(db.tokens, t.id == s.token_id).join(db.users, u.id == s.user_id)
+        .where(s.id_hash == _hash(secret), s.expires_at > now,
+               t.revoked_at.is_(None), t.user_id == s.user_id)).first()
     return User(row.id, row.name) if row is not None else None
 
 

@@ -329,3 +329,38 @@ def test_values_postgres_cannot_hold_are_422_not_500(pg_server: ServerProcess, p
         got = h.get(f"{API}/runs/{run}")
         assert got.status_code == 200 and got.json()["metric_count"] == 0
         assert got.json()["metadata"]["start_timestamp"].endswith("x" * 200)
+
+
+def test_reads_are_one_read_only_snapshot_and_leave_the_pool_writable(pg_url: str) -> None:
+    """Database.read() on PostgreSQL: REPEATABLE READ and READ ONLY from its first statement
+    (a write inside fails; a commit made meanwhile stays invisible), and the same pooled
+    connection then writes at READ COMMITTED again."""
+    from sqlalchemy import exc, text
+
+    from runstore.server import db
+
+    database = db.Database(pg_url)
+    database.engine.pool.dispose()
+    try:
+        with database.write() as conn:
+            conn.execute(text("CREATE TABLE t (x int)"))
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+        with database.read() as conn:
+            assert conn.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
+            assert conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+            with database.write() as other:  # a second pooled connection
+                other.execute(text("INSERT INTO t VALUES (2)"))
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1  # one snapshot
+            with pytest.raises(exc.InternalError, match="read-only transaction"):
+                conn.execute(text("INSERT INTO t VALUES (3)"))
+        for _ in range(3):  # every pooled connection, after having served reads
+            with database.write() as conn:
+                assert conn.execute(text("SHOW transaction_isolation")).scalar() == \
+                    "read committed"
+                assert conn.execute(text("SHOW transaction_read_only")).scalar() == "off"
+                conn.execute(text("INSERT INTO t VALUES (4)"))
+        with database.read() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 5
+    finally:
+        database.dispose()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from runstore.server import db, metricrows
 from runstore.server.auth import User
@@ -218,4 +219,120 @@ def test_mixed_hparam_sort_postgres(tmp_path: Path, pg_url: str) -> None:
     with reopened.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM run_hparam_values").scalar() > M
     check_mixed_sort(ServerData(reopened, data.user))
+    reopened.dispose()
+
+
+# -- sorting by a metric's last / best value, with ties, infinities, NaN and missing series ----
+# (PostgreSQL reads the page from metric_series' folder indexes, SQLite and the local store
+# sort a join; the three must agree, page by page, with this oracle.)
+INF = float("inf")
+NAN = None  # how a NaN point is stored (a NULL value, counted in nan_count)
+SERIES = [[0.5], [0.25, 0.75], [0.75, 0.25], [INF], [-INF, 0.5], [0.5, NAN], [NAN],
+          [NAN, NAN], None, [0.0], [-3.0, 2.0], [0.5], [1e-300], [2.0, -1e300]]
+
+
+def series_spec(i: int) -> dict:
+    return {"name": f"s{i:03d}", "status": "Error" if i % 3 == 0 else "Complete",
+            "labels": [], "hparams": {}, "acc": None, "points": SERIES[i % len(SERIES)]}
+
+
+def expected_metric_order(ids: list[int], which: str, desc: bool) -> list[str]:
+    """Runs by their series' last point or best (max) point, NaN points skipped for the best;
+    runs whose value is NaN or that have no series last; ties by id."""
+    def value(i: int) -> float | None:
+        points = series_spec(i)["points"]
+        if points is None:
+            return None
+        if which == "last":
+            return points[-1]
+        finite = [p for p in points if p is not None]
+        return max(finite) if finite else None
+    present = [i for i in ids if value(i) is not None]
+    missing = [i for i in ids if value(i) is None]
+    present.sort(key=lambda i: (value(i), i), reverse=desc)
+    missing.sort(reverse=desc)
+    return [series_spec(i)["name"] for i in present + missing]
+
+
+def check_metric_sort(data) -> None:
+    for which in ("last", "best"):
+        for desc in (False, True):
+            for status in (None, "Error"):
+                ids = [i for i in range(M) if status is None
+                       or series_spec(i)["status"] == status]
+                want = expected_metric_order(ids, which, desc)
+                q = dict(folder="/u/f", sort=f"{which}:val/acc", desc=desc, status=status)
+                got: list[str] = []
+                for page in range(1, 20):
+                    got += names(data.runs(RunsQuery(**q, page=page, page_size=5)))
+                assert got == want, (which, desc, status)
+                last = -(-len(want) // 5)
+                alone = data.runs(RunsQuery(**q, page=last, page_size=5))
+                assert names(alone) == want[(last - 1) * 5:], (which, desc, status)
+
+
+def series_server_data(tmp_path: Path, url: str | None = None):
+    """series_spec's runs in /u/f, and decoys with the same metric in /u/g."""
+    data, database = server_data(tmp_path, url, n=M, spec=series_spec)
+    with database.write() as conn:
+        user = data.user.id
+        other = db.insert_returning_id(conn, db.folders.insert().values(
+            owner_id=user, path="/u/g", created_at=0))
+        for i in range(M):
+            points = series_spec(i)["points"]
+            if points is not None:
+                run = conn.execute(select(db.runs.c.id).where(
+                    db.runs.c.uuid == f"{i:032x}")).scalar_one()
+                metricrows.insert_metric_rows(conn, run, 0, [
+                    ("val", "acc", step, None, v, "t") for step, v in enumerate(points)])
+            decoy = db.insert_returning_id(conn, db.runs.insert().values(
+                owner_id=user, uuid=f"d{i:031x}", folder_id=other, name=f"d{i:03d}",
+                run_name=f"d{i:03d}", alternative_name=f"d{i:03d}_1", status="Error",
+                labels="[]", hparams="{}", start_timestamp="2024", created_at=0,
+                updated_at=0))
+            metricrows.insert_metric_rows(conn, decoy, 0, [("val", "acc", 0, None, 1e9, "t")])
+    return data, database
+
+
+def test_metric_sort_sqlite(tmp_path: Path) -> None:
+    data, database = series_server_data(tmp_path)
+    check_metric_sort(data)
+    database.dispose()
+
+
+def test_metric_sort_local(tmp_path: Path) -> None:
+    from runstore.store import Store
+
+    data = local_data(tmp_path, n=M, spec=series_spec)
+    store = Store(tmp_path / "home")
+    with store.write() as conn:
+        for i in range(M):
+            points = series_spec(i)["points"] or []
+            run = conn.execute("SELECT id FROM runs WHERE uuid = ?", (f"{i:032x}",)).fetchone()[0]
+            conn.executemany("INSERT INTO metrics VALUES (?, ?, 'val', 'acc', ?, NULL, ?, 't')",
+                             [(run, seq, seq, v) for seq, v in enumerate(points)])
+    store.close()
+    check_metric_sort(data)
+
+
+def test_metric_sort_postgres(tmp_path: Path, pg_url: str) -> None:
+    """Also: the series follow a run moved to another folder (trigger on runs), and a database
+    made before metric_series.folder_id existed gets it filled when the server opens it."""
+    data, database = series_server_data(tmp_path, pg_url)
+    check_metric_sort(data)
+    with database.write() as conn:
+        home = conn.execute(select(db.runs.c.folder_id).where(
+            db.runs.c.name == "s003")).scalar_one()
+        conn.execute(db.runs.update().where(db.runs.c.name == "s003")
+                     .values(folder_id=home + 1))
+    moved = data.runs(RunsQuery(folder="/u/g", sort="best:val/acc", page_size=5))
+    assert names(moved)[0] == "s003"  # inf beats the decoys' 1e9
+    with database.write() as conn:
+        conn.execute(db.runs.update().where(db.runs.c.name == "s003").values(folder_id=home))
+        conn.exec_driver_sql("DROP TRIGGER metric_series_folder ON metric_series")
+        conn.exec_driver_sql("DROP TRIGGER runs_series_folder ON runs")
+        conn.exec_driver_sql("ALTER TABLE metric_series DROP COLUMN folder_id")
+    database.dispose()
+    reopened = db.Database(pg_url)
+    check_metric_sort(ServerData(reopened, data.user))
     reopened.dispose()
