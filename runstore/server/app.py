@@ -33,6 +33,7 @@ from runstore.server.blobs import BlobStore, open_backend
 from runstore.server.db import Database
 from runstore.server.errors import ServiceError
 from runstore.server.paths import BadPath, check_sha256, check_uuid
+from runstore.server.timing import ServerTiming
 from runstore.ui.apps import frozen_startup_heap, mount_server_ui
 from runstore.ui.routes import is_ui_path
 
@@ -319,6 +320,7 @@ def create_app(data_dir: Path | str, database_url: str | None = None, *,
 
     t9k.register(app, database, blob_store, data_dir)
     mount_server_ui(app, database, blob_store)
+    app.add_middleware(ServerTiming)  # (outermost: added last)
     return app
 
 

@@ -14,6 +14,7 @@ as TEXT so that both dialects hold the same bytes. A NULL metric value is NaN.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exc,
     select,
     text,
 )
@@ -42,6 +44,8 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.sql import column as sql_column
 from sqlalchemy.sql import table as sql_table
 from sqlalchemy.sql.dml import Insert
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -293,9 +297,15 @@ class Database:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
             if self.engine.dialect.name == "postgresql":
-                add_hparams_jsonb(conn)
+                add_jsonb_column(conn, "hparams")
+                add_jsonb_column(conn, "labels")
                 add_hparam_values(conn)
                 add_series_folder(conn)
+                # the runs page's label filter (`labels_jsonb @> '["x"]'`) reads this index
+                # instead of every run's labels in the folder
+                conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS runs_labels_gin ON runs "
+                                     "USING gin (labels_jsonb jsonb_path_ops)")
+                add_name_trigrams(conn)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -325,15 +335,16 @@ class Database:
         self.engine.dispose()
 
 
-def add_hparams_jsonb(conn: Connection) -> None:
-    """PostgreSQL: ``runs.hparams_jsonb``, the hparams document parsed once when the run is
-    written (a stored generated column), so the runs page sorts 10,000 runs by an hparam
-    without parsing 10,000 JSON texts per request. Not in ``metadata``: nothing writes it, and
-    SQLite (which sorts with json_extract on the text) has no such column. A text that is not
-    JSON (never written by this server) becomes NULL instead of failing the row."""
+def add_jsonb_column(conn: Connection, name: str) -> None:
+    """PostgreSQL: ``runs.<name>_jsonb``, the JSON text column ``name`` (hparams, labels)
+    parsed once when the run is written (a stored generated column), so the runs page sorts
+    10,000 runs by an hparam, or filters them by a label, without parsing 10,000 JSON texts
+    per request. Not in ``metadata``: nothing writes it, and SQLite (which reads the text with
+    its JSON functions) has no such column. A text that is not JSON (never written by this
+    server) becomes NULL instead of failing the row."""
     exists = conn.exec_driver_sql(
         "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = 'runs' AND column_name = 'hparams_jsonb'").first()
+        f"AND table_name = 'runs' AND column_name = '{name}_jsonb'").first()
     if exists:
         return
     conn.exec_driver_sql(
@@ -341,8 +352,33 @@ def add_hparams_jsonb(conn: Connection) -> None:
         "LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ "
         "BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$")
     conn.exec_driver_sql(
-        "ALTER TABLE runs ADD COLUMN hparams_jsonb jsonb "
-        "GENERATED ALWAYS AS (runstore_jsonb_or_null(hparams)) STORED")
+        f"ALTER TABLE runs ADD COLUMN {name}_jsonb jsonb "
+        f"GENERATED ALWAYS AS (runstore_jsonb_or_null({name})) STORED")
+
+
+def add_name_trigrams(conn: Connection) -> bool:
+    """PostgreSQL: trigram indexes on runs.name and runs.run_name (pg_trgm), so the runs
+    page's name filter (`LIKE '%text%'`) reads the matching runs from an index instead of
+    testing every run of the folder. Optional: where the extension is not installed or this
+    role may not create it, the filter scans, as before; whether they exist is returned."""
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() "
+        "AND indexname = 'runs_run_name_trgm'").first()
+    if exists:
+        return True
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except exc.DBAPIError as error:
+        log.warning("the runs page's name filter will scan: CREATE EXTENSION pg_trgm "
+                    "failed (%s). Try: install PostgreSQL's contrib package, or run "
+                    "CREATE EXTENSION pg_trgm as the database's owner",
+                    str(error.orig).splitlines()[0])
+        return False
+    for column in ("name", "run_name"):
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS runs_{column}_trgm ON runs "
+                             f"USING gin ({column} gin_trgm_ops)")
+    return True
 
 
 # PostgreSQL: one row per (run, flattened hparam key), kept by a trigger on runs, so sorting a

@@ -20,6 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from runstore.server.auth import AuthError
+from runstore.server.timing import ServerTiming
 from runstore.ui import routes, sessions
 from runstore.ui.data import UIData
 from runstore.ui.local import LocalData
@@ -36,25 +37,41 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _set_csrf(request: Request, response: Response) -> None:
-    if request.cookies.get(sessions.CSRF_COOKIE) != request.state.csrf:
-        response.set_cookie(sessions.CSRF_COOKIE, request.state.csrf, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https",
-                            path="/ui")
+class CsrfCookie:
+    """ASGI middleware on the UI's paths: the request's CSRF token in ``request.state.csrf``
+    (the browser's ``runstore_csrf`` cookie, or a new token), and the cookie set on the
+    response when it was new. (Plain ASGI rather than @app.middleware("http"): that wraps each
+    request in a task group and memory streams, a few ms of every page.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not routes.is_ui_path(scope["path"]):
+            return await self.app(scope, receive, send)
+        cookie = Request(scope).cookies.get(sessions.CSRF_COOKIE)
+        token = cookie or sessions.new_csrf_token()
+        scope.setdefault("state", {})["csrf"] = token
+        if cookie == token:
+            return await self.app(scope, receive, send)
+        setter = Response()
+        setter.set_cookie(sessions.CSRF_COOKIE, token, httponly=True, samesite="strict",
+                          secure=scope.get("scheme") == "https", path="/ui")
+        cookie_header = next(h for h in setter.raw_headers if h[0] == b"set-cookie")
+
+        async def send_with_cookie(message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], cookie_header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
 
 
 def mount_server_ui(app: FastAPI, database, blob_store) -> None:
     """Add the web UI (with login) to the server's app."""
 
-    @app.middleware("http")
-    async def csrf_cookie(request: Request, call_next):
-        if not routes.is_ui_path(request.url.path):
-            return await call_next(request)
-        request.state.csrf = request.cookies.get(sessions.CSRF_COOKIE) or \
-            sessions.new_csrf_token()
-        response = await call_next(request)
-        _set_csrf(request, response)
-        return response
+    app.add_middleware(CsrfCookie)
 
     def get_data(request: Request) -> UIData:
         secret = request.cookies.get(sessions.SESSION_COOKIE)
@@ -138,6 +155,7 @@ def create_local_app(home: Path) -> FastAPI:
         return data
 
     routes.install(app, routes.build_router(get_data, login=False)[0])
+    app.add_middleware(ServerTiming)
     return app
 
 

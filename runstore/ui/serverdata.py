@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    Integer,
     and_,
     any_,
+    bindparam,
     cast,
     exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     true,
@@ -150,18 +154,23 @@ class ServerData:
         path = "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
         return func.json_extract(db.runs.c.hparams, path)
 
+    def _in(self, column, ids: list[int]):
+        """``column IN ids``; on PostgreSQL ``= ANY(%s)`` with the list as one array
+        parameter (not a parameter per id, each rendered and bound separately)."""
+        if self.is_pg:
+            return column == any_(bindparam("ids", ids, type_=ARRAY(Integer), unique=True))
+        return column.in_(ids)
+
     def _has_label(self, label: str):
+        if self.is_pg:  # (read from the runs_labels_gin index)
+            return literal_column("runs.labels_jsonb", JSONB).contains(
+                cast(literal(json.dumps([label])), JSONB))
         # A cheap necessary condition first (the label's JSON text appears in the stored
         # list, written by json.dumps like this), then the exact membership test.
         rough = db.runs.c.labels.like(f"%{_like_escape(json.dumps(label))}%", escape="\\")
-        return and_(rough, self._label_member(label))
-
-    def _label_member(self, label: str):
-        if self.is_pg:
-            return cast(db.runs.c.labels, JSONB).contains(cast(literal(json.dumps([label])),
-                                                               JSONB))
         each = func.json_each(db.runs.c.labels).table_valued("value")
-        return exists(select(literal(1)).select_from(each).where(each.c.value == label))
+        return and_(rough, exists(select(literal(1)).select_from(each).where(
+            each.c.value == label)))
 
     @staticmethod
     def _two_part_page(conn: Connection, keyed: Select, n_keyed: Select, rest: Select,
@@ -221,6 +230,43 @@ class ServerData:
             select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc()),
             offset, limit)
 
+    def _ids_sorted(self, conn: Connection, q: RunsQuery, where, filtered: bool,
+                    metric: tuple[MetricRef, str] | None,
+                    offset: int) -> tuple[list[int], int | None]:
+        """A page of run ids by one sort key (ties by id), and, for a filtered folder, how
+        many runs match. The page's ids first (the sort reads only the id and the sort key
+        of each run: half the time of sorting whole rows on PostgreSQL), their rows later."""
+        r = db.runs.c
+        source: Any = db.runs
+        nulls_last = True
+        if metric is not None:
+            ref, column = metric
+            s = db.metric_series.alias("sorted_series")
+            source = db.runs.outerjoin(s, and_(s.c.run_id == r.id, s.c.type == ref.type,
+                                               s.c.key == ref.key))
+            key = s.c[column]
+        elif q.sort.startswith("h:"):
+            key = self._sqlite_hparam(q.sort[2:])
+        else:
+            key = {"name": r.run_name, "status": r.status}.get(q.sort, r.start_timestamp)
+            nulls_last = False
+        matches = select(r.id, key.label("k")).select_from(source).where(where)
+        if filtered:
+            # A filter makes the sort read every matching run anyway: read them once into
+            # a CTE, count it and sort it. (Sorting `runs` under LIMIT, PostgreSQL would walk
+            # the folder's date index testing each run instead of reading an index of the
+            # filter: 7 ms instead of 0.5 for a name filter.)
+            m = matches.cte("matches").prefix_with("MATERIALIZED")
+            stmt = select(m.c.id, select(func.count()).select_from(m).scalar_subquery())
+            k, run_id = m.c.k, m.c.id
+        else:
+            stmt, k, run_id = matches, key, r.id
+        first = k.desc() if q.desc else k.asc()
+        got = conn.execute(stmt.order_by(first.nulls_last() if nulls_last else first,
+                                         run_id.desc() if q.desc else run_id.asc())
+                           .limit(q.page_size).offset(offset)).all()
+        return [x[0] for x in got], (got[0][1] if filtered and got else None)
+
     def runs(self, q: RunsQuery) -> RunsPage:
         r, ms = db.runs.c, db.metric_series.c
         with self._read() as conn:
@@ -235,11 +281,9 @@ class ServerData:
             if q.label:
                 cond.append(self._has_label(q.label))
             where = and_(true(), *cond)
-            total = conn.execute(select(func.count()).select_from(db.runs).where(where)).scalar()
-            # The page's ids first, in order (the sort reads only the id and the sort key of
-            # each run: half the time of sorting whole rows on PostgreSQL), then their rows.
-            stmt = select(r.id).where(where)
-            order: list[Any] = []
+            filtered = len(cond) > 1
+            count = select(func.count()).select_from(db.runs).where(where)
+            total: int | None = None
             offset = (q.page - 1) * q.page_size
             metric = q.sort.startswith(("last:", "best:"))
             if metric:
@@ -254,25 +298,15 @@ class ServerData:
                 ids = self._ids_by_hparam(conn, folder_id, where, q.sort[2:], q.desc, offset,
                                           q.page_size)
             else:
-                if metric:
-                    s = db.metric_series.alias("sorted_series")
-                    stmt = stmt.outerjoin(s, and_(s.c.run_id == r.id, s.c.type == ref.type,
-                                                  s.c.key == ref.key))
-                    col = s.c[column]
-                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
-                elif q.sort.startswith("h:"):
-                    col = self._sqlite_hparam(q.sort[2:])
-                    order.append(col.desc().nulls_last() if q.desc else col.asc().nulls_last())
-                else:
-                    col = {"name": r.run_name, "status": r.status}.get(q.sort,
-                                                                         r.start_timestamp)
-                    order.append(col.desc() if q.desc else col.asc())
-                order.append(r.id.desc() if q.desc else r.id.asc())
-                ids = list(conn.execute(stmt.order_by(*order).limit(q.page_size)
-                                        .offset(offset)).scalars())
+                ids, total = self._ids_sorted(conn, q, where, filtered,
+                                              (ref, column) if metric else None, offset)
+            if total is None:
+                total = 0 if filtered and offset == 0 and not ids else conn.execute(
+                    count).scalar()
             by_id = {row.id: row for row in conn.execute(
                 select(r.id, r.uuid, r.run_name, r.name, r.status, r.start_timestamp,
-                       r.end_timestamp, r.labels, r.hparams).where(r.id.in_(ids)))} if ids else {}
+                       r.end_timestamp, r.labels, r.hparams).where(self._in(r.id, ids)))
+            } if ids else {}
             rows = [by_id[i] for i in ids]
             sample = conn.execute(select(r.id, r.hparams, r.labels).where(
                 r.folder_id == folder_id).order_by(r.id.desc()).limit(_SAMPLE_RUNS)).all()
@@ -294,7 +328,7 @@ class ServerData:
             if ids and q.metrics:
                 pairs = [(m.type, m.key) for m in q.metrics]
                 for x in conn.execute(select(db.metric_series).where(
-                        ms.run_id.in_(ids), ms.key.in_({k for _, k in pairs}))):
+                        self._in(ms.run_id, ids), ms.key.in_({k for _, k in pairs}))):
                     if (x.type, x.key) in pairs:
                         summaries[x.run_id][MetricRef(x.type, x.key)] = SeriesSummary(
                             x.n, x.nan_count, x.min_value, x.max_value, x.last_value,

@@ -103,6 +103,9 @@ def check_table(data) -> None:
 
     errors = data.runs(RunsQuery(folder="/u/f", status="Error", page_size=200))
     assert errors.total == N // 4 and {r.status for r in errors.rows} == {"Error"}
+    past = data.runs(RunsQuery(folder="/u/f", status="Error", page=9, page_size=20))
+    assert past.total == N // 4 and past.rows == []  # counted without a row to count on
+    assert data.runs(RunsQuery(folder="/u/f", name="nosuch")).total == 0
     exact = data.runs(RunsQuery(folder="/u/f", label="a_b", page_size=200))
     assert exact.total == N // 10  # "axb" is not "a_b"
     assert data.runs(RunsQuery(folder="/u/f", label="100%", page_size=200)).total == 1

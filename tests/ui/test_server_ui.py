@@ -330,3 +330,23 @@ def test_every_ui_route_needs_the_owners_session(server_ui) -> None:
             assert r.status_code == 404, (template, r.status_code)
             assert "baseline" not in r.text and "weights" not in r.text
     bob.close()
+
+
+def test_csrf_cookie_once_and_server_timing_everywhere(server_ui) -> None:
+    """The CSRF cookie is set (HttpOnly, SameSite=Strict, on /ui) when the browser has none,
+    and not again once it sends it; every response, page, API or error, says how long the
+    server took (Server-Timing), which benchmarks/ui_latency.py reads."""
+    base = server_ui.server.url
+    with httpx.Client(base_url=base, follow_redirects=False) as client:
+        first = client.get("/ui/login")
+        cookie = first.headers["set-cookie"]
+        assert cookie.startswith("runstore_csrf=") and "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie and "Path=/ui" in cookie
+        assert "set-cookie" not in client.get("/ui/login").headers
+        assert client.cookies["runstore_csrf"] in client.get("/ui/login").text  # the form's
+        api = httpx.get(base + "/api/v1/health")
+        missing = client.get("/ui/run/" + "0" * 32)
+        for r in (first, api, missing):
+            name, _, dur = r.headers["server-timing"].partition(";dur=")
+            assert name == "app" and 0 < float(dur) < 60_000, r.headers["server-timing"]
+    assert "set-cookie" not in api.headers  # not the UI's: no CSRF cookie
