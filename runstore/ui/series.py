@@ -13,10 +13,11 @@ one GROUP BY over the run's rows, no extra tables, since the local UI must not w
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Integer, literal, select
 from sqlalchemy.engine import Connection
 
 MAX_POINTS = 4000        # whatever the browser asks for
@@ -51,27 +52,28 @@ def _raw(rows: Iterable[tuple[int, float | None]], n: int, lo: int, hi: int) -> 
     return _result(True, n, lo, hi, x, y, None, None, nan)
 
 
-def merge_buckets(rows: Iterable[tuple], lo: int, hi: int, points: int,
+def merge_buckets(rows: Iterable[Sequence], lo: int, hi: int, points: int,
                   n: int) -> dict[str, Any]:
     """Rows (start_step, n, nan_count, min, max, last_value, last_step, last_seq) of buckets
     inside [lo, hi] merged into at most ``points`` equal step ranges (by their start)."""
     width = hi - lo + 1
-    groups: dict[int, list] = {}
-    for start, cnt, nans, mn, mx, last, last_step, last_seq in rows:
-        g = min(points - 1, (max(start, lo) - lo) * points // width)
+    groups: dict[int, Sequence] = {}
+    for row in rows:
+        start = row[0]
+        g = min((start - lo) * points // width, points - 1) if start > lo else 0
         cur = groups.get(g)
-        if cur is None:
-            groups[g] = [cnt, nans, mn, mx, last, last_step, last_seq]
+        if cur is None:  # (most buckets are alone in theirs: kept as they are)
+            groups[g] = row
             continue
-        cur[0] += cnt
-        cur[1] += nans
-        if mn is not None and (cur[2] is None or mn < cur[2]):
-            cur[2] = mn
-        if mx is not None and (cur[3] is None or mx > cur[3]):
-            cur[3] = mx
-        if last_seq > cur[6]:
-            cur[4], cur[5], cur[6] = last, last_step, last_seq
-    return _emit(groups.values(), lo, hi, n)
+        mn, mx = cur[3], cur[4]
+        if row[3] is not None and (mn is None or row[3] < mn):
+            mn = row[3]
+        if row[4] is not None and (mx is None or row[4] > mx):
+            mx = row[4]
+        last = row if row[7] > cur[7] else cur
+        groups[g] = (cur[0], cur[1] + row[1], cur[2] + row[2], mn, mx, last[5], last[6],
+                     last[7])
+    return _emit(groups.values(), lo, hi, n, first=1)
 
 
 def cover(lo: int, hi: int, level: int, bits: int,
@@ -93,17 +95,17 @@ def cover(lo: int, hi: int, level: int, bits: int,
             *cover((last + 1) << shift, hi, level - 1, bits, first_level)]
 
 
-def _emit(groups: Iterable[list], lo: int, hi: int, n: int) -> dict[str, Any]:
-    """Buckets [n, nan_count, min, max, last, last_step, last_seq] as chart data."""
-    x, y, mins, maxs, nan = [], [], [], [], []
-    for _cnt, nans, mn, mx, last, last_step, _seq in sorted(groups, key=lambda g: g[5]):
-        x.append(last_step)
-        y.append(last)
-        mins.append(mn)
-        maxs.append(mx)
-        if nans:
-            nan.append(last_step)
-    return _result(False, n, lo, hi, x, y, mins, maxs, nan)
+def _emit(groups: Iterable[Sequence], lo: int, hi: int, n: int,
+          first: int = 0) -> dict[str, Any]:
+    """Buckets [n, nan_count, min, max, last, last_step, last_seq] (from index ``first`` of
+    each) as chart data, in step order."""
+    ordered = sorted(groups, key=itemgetter(first + 5))
+    if not ordered:
+        return _result(False, n, lo, hi, [], [], [], [], [])
+    columns = list(zip(*ordered, strict=True))
+    nans, mins, maxs, lasts, steps = columns[first + 1:first + 6]
+    return _result(False, n, lo, hi, list(steps), list(lasts), list(mins), list(maxs),
+                   [step for step, k in zip(steps, nans, strict=True) if k])
 
 
 def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | None,
@@ -142,7 +144,7 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
             >= _BUCKETS_PER_POINT * points:
         level += 1
     r = db.metric_rollups.c
-    rows: list[tuple] = []
+    rows: list[Sequence] = []
     # Below the first stored level (a range of at most 4x `points` steps) the rows
     # themselves are read and merged.
     for lv, first, last in cover(lo, hi, level, LEVEL_BITS, FIRST_LEVEL):
@@ -153,12 +155,12 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
                          m.step <= last)).all()]
             continue
         shift = LEVEL_BITS * lv
-        rows += [(b << shift, *rest) for b, *rest in conn.execute(
-            select(r.bucket, r.n, r.nan_count, r.min_value, r.max_value, r.last_value,
-                   r.last_step, r.last_seq).where(
+        rows += conn.execute(
+            select(r.bucket.op("<<")(literal(shift, Integer)), r.n, r.nan_count,
+                   r.min_value, r.max_value, r.last_value, r.last_step, r.last_seq).where(
                 r.run_id == run_id, r.type == type_, r.key == key, r.level == lv,
-                r.bucket >= first, r.bucket <= last)).all()]
-    if sum(row[1] for row in rows) <= points:  # sparse: the points themselves
+                r.bucket >= first, r.bucket <= last)).all()
+    if sum(map(itemgetter(1), rows)) <= points:  # sparse: the points themselves
         got = raw()
         if got:
             return got
