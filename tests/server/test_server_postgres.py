@@ -364,3 +364,52 @@ def test_reads_are_one_read_only_snapshot_and_leave_the_pool_writable(pg_url: st
             assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 5
     finally:
         database.dispose()
+
+
+def test_a_role_that_may_not_create_pg_trgm_still_gets_a_working_name_filter(
+        pg_url: str, caplog) -> None:
+    """The trigram indexes are optional: a role without CREATE on the database (so no
+    CREATE EXTENSION pg_trgm) opens it with a warning saying what to do, and the runs page's
+    name filter answers the same, by scanning."""
+    import logging
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from runstore.server import db
+    from runstore.server.auth import User
+    from runstore.ui.data import RunsQuery
+    from runstore.ui.serverdata import ServerData
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS limited_role"))
+        conn.execute(text("CREATE ROLE limited_role LOGIN"))
+        conn.execute(text("GRANT CREATE, USAGE ON SCHEMA public TO limited_role"))
+    admin.dispose()
+    url = make_url(pg_url).set(username="limited_role").render_as_string(hide_password=False)
+    with caplog.at_level(logging.WARNING, logger="runstore.server.db"):
+        database = db.Database(url)
+    try:
+        assert any("CREATE EXTENSION pg_trgm failed" in r.getMessage()
+                   and "Try:" in r.getMessage() for r in caplog.records)
+        with database.read() as conn:
+            assert conn.execute(text(
+                "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'runs_%_trgm'")).scalar() \
+                == 0
+        with database.write() as conn:
+            user = db.insert_returning_id(conn, db.users.insert().values(name="u",
+                                                                           created_at=0))
+            folder = db.insert_returning_id(conn, db.folders.insert().values(
+                owner_id=user, path="/u/f", created_at=0))
+            for i, name in enumerate(["alpha-1", "beta-1", "alphabet"]):
+                conn.execute(db.runs.insert().values(
+                    owner_id=user, uuid=f"{i:032x}", folder_id=folder, name=name,
+                    run_name=name, alternative_name=name + "_1", status="Complete",
+                    labels="[]", hparams="{}", start_timestamp=f"2024-01-0{i + 1}",
+                    created_at=0, updated_at=0))
+        page = ServerData(database, User(user, "u")).runs(RunsQuery(folder="/u/f",
+                                                                     name="alpha"))
+        assert page.total == 2 and {r.name for r in page.rows} == {"alpha-1", "alphabet"}
+    finally:
+        database.dispose()
