@@ -61,8 +61,7 @@ class CsrfCookie:
 
         async def send_with_cookie(message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], cookie_header]
+                message["headers"] = [*message.get("headers", ()), cookie_header]
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)

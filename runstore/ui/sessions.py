@@ -58,15 +58,9 @@ def login(database: db.Database, token: str, now: float | None = None) -> tuple[
     return user, secret
 
 
-def session_user(database: db.Database, secret: str | None,
-                 now: float | None = None) -> User | None:
-    """The user of a live session cookie, or None."""
-    with database.read() as conn:
-        return user_in(conn, secret, now)
-
-
 def user_in(conn: Connection, secret: str | None, now: float | None = None) -> User | None:
-    """session_user() inside a read transaction the caller already holds."""
+    """The user of a live session cookie, or None (in a read transaction of the caller's:
+    the page's own, runstore/ui/serverdata.py)."""
     if not secret or len(secret) > 100:
         return None
     s, t, u = db.ui_sessions.c, db.tokens.c, db.users.c
