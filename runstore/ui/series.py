@@ -12,6 +12,7 @@ one GROUP BY over the run's rows, no extra tables, since the local UI must not w
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
@@ -37,7 +38,23 @@ def clamp_points(points: int) -> int:
 def _result(raw: bool, n: int, lo: int, hi: int, x: list, y: list, mn: list | None,
             mx: list | None, nan: list) -> dict[str, Any]:
     return {"raw": raw, "n": n, "lo": lo, "hi": hi, "x": x, "y": y, "min": mn, "max": mx,
-            "nan": nan}
+            "nan": nan, "posinf": [], "neginf": []}
+
+
+def _infinities_marked(result: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: a +/-inf value (a point, or a bucket's last, min or max) becomes
+    a gap (null), and its step is listed in ``posinf`` / ``neginf`` for a marker."""
+    marks: dict[float, set[int]] = {math.inf: set(), -math.inf: set()}
+    for name in ("y", "min", "max"):
+        values = result[name]
+        if values is None:
+            continue
+        for i, value in enumerate(values):
+            if value in marks:
+                marks[value].add(result["x"][i])
+                values[i] = None
+    result["posinf"], result["neginf"] = sorted(marks[math.inf]), sorted(marks[-math.inf])
+    return result
 
 
 def _raw(rows: Iterable[tuple[int, float | None]], n: int, lo: int, hi: int) -> dict[str, Any]:
@@ -113,13 +130,22 @@ def from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | 
     """A series of the server's database, from metric_series/metric_rollups (None if the run
     has no such series)."""
     from runstore.server import db
-    from runstore.server.rollups import FIRST_LEVEL, LEVEL_BITS, LEVELS
 
     s = db.metric_series.c
-    summary = conn.execute(select(s.n, s.min_step, s.max_step).where(
+    summary = conn.execute(select(s.n, s.min_step, s.max_step, s.min_value, s.max_value).where(
         s.run_id == run_id, s.type == type_, s.key == key)).first()
     if summary is None:
         return None
+    got = _from_rollups(conn, run_id, type_, key, lo, hi, points, summary)
+    infinite = summary.max_value == math.inf or summary.min_value == -math.inf
+    return _infinities_marked(got) if infinite else got
+
+
+def _from_rollups(conn: Connection, run_id: int, type_: str, key: str, lo: int | None,
+                  hi: int | None, points: int, summary) -> dict[str, Any]:
+    from runstore.server import db
+    from runstore.server.rollups import FIRST_LEVEL, LEVEL_BITS, LEVELS
+
     points = clamp_points(points)
     lo = summary.min_step if lo is None else max(lo, summary.min_step)
     hi = summary.max_step if hi is None else min(hi, summary.max_step)
@@ -171,11 +197,19 @@ def local_series(conn: sqlite3.Connection, run_id: int, type_: str, key: str,
                  lo: int | None, hi: int | None, points: int) -> dict[str, Any] | None:
     """A series of the local store by SQL bucketing (None if the run has no such series)."""
     points = clamp_points(points)
-    n, min_step, max_step = conn.execute(
-        "SELECT COUNT(*), MIN(step), MAX(step) FROM metrics "
+    n, min_step, max_step, min_value, max_value = conn.execute(
+        "SELECT COUNT(*), MIN(step), MAX(step), MIN(value), MAX(value) FROM metrics "
         "WHERE run_id = ? AND type = ? AND key = ?", (run_id, type_, key)).fetchone()
     if not n:
         return None
+    got = _local_series(conn, run_id, type_, key, lo, hi, points, n, min_step, max_step)
+    infinite = max_value == math.inf or min_value == -math.inf
+    return _infinities_marked(got) if infinite else got
+
+
+def _local_series(conn: sqlite3.Connection, run_id: int, type_: str, key: str,
+                  lo: int | None, hi: int | None, points: int, n: int, min_step: int,
+                  max_step: int) -> dict[str, Any]:
     lo = min_step if lo is None else max(lo, min_step)
     hi = max_step if hi is None else min(hi, max_step)
     if hi < lo:

@@ -228,3 +228,55 @@ def test_a_database_from_before_the_rollups_gets_them_at_startup(tmp_path: Path)
         check(got, points, min(steps), max(steps), 500)
     assert rollups.backfill(database) == 0  # nothing behind any more: nothing rebuilt
     database.dispose()
+
+
+def infinite_rows() -> list[tuple]:
+    """A loss that overflows to +inf at step 3000, with a -inf at step 10 and a NaN at 20."""
+    return [("train", "loss", s, None,
+             math.inf if s == 3000 else -math.inf if s == 10
+             else None if s == 20 else 1.0 / (s + 1), "t") for s in range(4000)]
+
+
+def check_infinities(got: dict, raw: bool) -> None:
+    """JSON can carry the answer (no inf in it); the infinities are gaps with their steps
+    listed, whether the points come raw or as buckets."""
+    import json
+
+    json.dumps(got, allow_nan=False)
+    assert got["raw"] is raw
+    assert len(got["posinf"]) == 1 and len(got["neginf"]) == 1 and len(got["nan"]) == 1
+    if raw:
+        assert got["posinf"] == [3000] and got["neginf"] == [10] and got["nan"] == [20]
+        assert got["y"][3000] is None and got["y"][10] is None and got["y"][11] == 1 / 12
+    else:  # the buckets holding them: their band edge is the gap
+        inf_at = got["x"].index(got["posinf"][0])
+        assert got["max"][inf_at] is None and got["min"][inf_at] is not None
+        assert got["x"][inf_at - 1] < 3000 <= got["x"][inf_at]  # the bucket holding it
+        assert got["x"][0] >= 10 and got["min"][0] is None  # -inf: the first bucket's floor
+
+
+def test_infinities_are_marked_not_a_500(tmp_path: Path) -> None:
+    """A diverging run logs +inf: its chart data is still JSON (Starlette refuses inf), on the
+    server's rollups and the local store alike."""
+    from runstore.store import Store
+
+    rows = infinite_rows()
+    database, run = server_db(tmp_path)
+    ingest(database, run, rows, 1_000)
+    with database.read() as conn:
+        check_infinities(from_rollups(conn, run, "train", "loss", None, None, 4000), raw=True)
+        check_infinities(from_rollups(conn, run, "train", "loss", None, None, 100), raw=False)
+        clean = from_rollups(conn, run, "train", "loss", 100, 2000, 4000)
+        assert clean["posinf"] == [] and clean["neginf"] == [] and None not in clean["y"]
+    database.dispose()
+    store = Store(tmp_path / "home")
+    with store.write() as conn:
+        conn.execute("INSERT INTO runs (uuid, name, alternative_name, start_timestamp, "
+                     "local_dir, hostname) VALUES ('u', 'r', 'r_1', 't', '/x', 'h')")
+        conn.executemany("INSERT INTO metrics VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                         [(i, *r) for i, r in enumerate(rows)])
+    store.close()
+    conn = sqlite3.connect(f"file:{tmp_path / 'home' / 'runstore.db'}?mode=ro", uri=True)
+    check_infinities(local_series(conn, 1, "train", "loss", None, None, 4000), raw=True)
+    check_infinities(local_series(conn, 1, "train", "loss", None, None, 100), raw=False)
+    conn.close()

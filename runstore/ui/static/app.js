@@ -36,24 +36,38 @@
     return resp.json();
   }
 
-  // NaN markers: small red triangles on the x axis at the steps (or buckets) holding a NaN.
-  function nanMarkers(state) {
+  // Markers for what a line cannot show, at the steps (or buckets) holding it: a red triangle
+  // on the x axis for a NaN; for an infinity (which the server sends as a gap, listing its
+  // step) a purple one pointing out of the plot: up at the top edge for +inf, down at the
+  // bottom edge for -inf.
+  function markers(state) {
     return (u) => {
       const ctx = u.ctx;
+      const top = u.bbox.top;
       const bottom = u.bbox.top + u.bbox.height;
+      const d = devicePixelRatio;
+      const kinds = [
+        ["nan", "#d92d20", bottom, -7],            // [kind, colour, base y, tip offset]
+        ["posinf", "#7048e8", top + 7 * d, -7],
+        ["neginf", "#7048e8", bottom - 7 * d, 7],
+      ];
       ctx.save();
       state.results.forEach((res) => {
-        if (!res || !res.nan.length) return;
-        ctx.fillStyle = "#d92d20";
-        for (const step of res.nan) {
-          const x = Math.round(u.valToPos(step, "x", true));
-          if (x < u.bbox.left - 1 || x > u.bbox.left + u.bbox.width + 1) continue;
-          ctx.beginPath();
-          ctx.moveTo(x, bottom - 7 * devicePixelRatio);
-          ctx.lineTo(x - 4 * devicePixelRatio, bottom);
-          ctx.lineTo(x + 4 * devicePixelRatio, bottom);
-          ctx.closePath();
-          ctx.fill();
+        if (!res) return;
+        for (const [name, color, base, tip] of kinds) {
+          const steps = res[name] || [];
+          if (!steps.length) continue;
+          ctx.fillStyle = color;
+          for (const step of steps) {
+            const x = Math.round(u.valToPos(step, "x", true));
+            if (x < u.bbox.left - 1 || x > u.bbox.left + u.bbox.width + 1) continue;
+            ctx.beginPath();
+            ctx.moveTo(x, base + tip * d);
+            ctx.lineTo(x - 4 * d, base);
+            ctx.lineTo(x + 4 * d, base);
+            ctx.closePath();
+            ctx.fill();
+          }
         }
       });
       ctx.restore();
@@ -160,7 +174,7 @@
           values: (u, vals) => vals.map(fmt) },
       ],
       hooks: {
-        draw: [nanMarkers(state)],
+        draw: [markers(state)],
         setSelect: [(u) => {
           if (u.select.width < 4) return;
           const a = u.posToVal(u.select.left, "x");
@@ -175,7 +189,13 @@
           results.forEach((res, i) => {
             if (!res) return;
             const v = idx === null || idx === undefined ? null : u.data[s][idx];
-            state.valueEls[i].textContent = v === null || v === undefined ? "" : fmt(v);
+            let text = v === null || v === undefined ? "" : fmt(v);
+            if (text === "" && idx !== null && idx !== undefined) {
+              const step = u.data[0][idx];
+              if ((res.posinf || []).includes(step)) text = "+∞";
+              else if ((res.neginf || []).includes(step)) text = "−∞";
+            }
+            state.valueEls[i].textContent = text;
             s += res.raw ? 1 : 3;
           });
         }],
