@@ -61,6 +61,11 @@ def test_local_compare_and_hostile(page, local_ui) -> None:
     page.goto(f"{local_ui.url}/ui/compare?run={runs['baseline']}&run={runs['diverged']}")
     wait_charts(page)
     assert chart(page, "loss")["series"] == 2
+    # the diverged run's loss ends in +inf: a gap with a marker, not a chart error
+    loss = page.request.get(f"{local_ui.url}/ui/api/series?run={runs['diverged']}"
+                            "&type=train&key=loss&points=1000").json()
+    assert loss["posinf"] == [299] and loss["y"][-1] is None and loss["raw"]
+    shot(page, "local-compare-inf")
     page.check("#only-diff")
     assert page.locator("table.compare tr.same").first.is_hidden()
     page.goto(f"{local_ui.url}/ui/run/{runs['hostile']}")
