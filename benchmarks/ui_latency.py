@@ -19,8 +19,8 @@ response headers, every layer included (routing, session check, the queries, Jin
 JSON encoding; runstore/server/timing.py). The client's wall clock over loopback and the
 server process's CPU per request are printed beside it. The 1,000,000 points are ingested
 through ``metricrows.insert_metric_rows`` (the path the sync protocol uses, which keeps the
-rollups), in 100,000-row chunks; the ingest time is
-printed too. The 10,000 runs get their rows and per-series summaries inserted in bulk.
+rollups), in 100,000-row chunks; the ingest time is printed too. The 10,000 runs get their
+rows and per-series summaries inserted in bulk.
 
 Targets (issue 11): p95 <= 50 ms for both, on both databases.
 """

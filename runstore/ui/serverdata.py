@@ -32,7 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Select
 
 from runstore.server import db
 from runstore.server.auth import User
@@ -173,20 +172,25 @@ class ServerData:
             each.c.value == label)))
 
     @staticmethod
-    def _two_part_page(conn: Connection, keyed: Select, n_keyed: Select, rest: Select,
-                       offset: int, limit: int) -> list[int]:
-        """A page of run ids from two ordered parts: ``keyed`` (the runs that have the sort
-        key, read in index order), then ``rest`` (the runs without it); ``n_keyed`` counts
-        the first part, needed only when the page starts past it."""
-        ids = list(conn.execute(keyed.limit(limit).offset(offset)).scalars())
+    def _two_part_page(conn: Connection, run_id, joined, has_key, order: list, without,
+                       where, desc: bool, offset: int, limit: int) -> list[int]:
+        """A page of run ids in two ordered parts: the runs that have the sort key (``run_id``
+        of ``joined`` where ``has_key``, read in ``order`` from an index), then the runs of
+        ``where`` ``without`` it, by id; the first part is counted only when the page starts
+        past it."""
+        r = db.runs.c
+        ids = list(conn.execute(select(run_id).select_from(joined).where(has_key)
+                                .order_by(*order).limit(limit).offset(offset)).scalars())
         if len(ids) == limit:
             return ids
         if ids or offset == 0:
             n_with = offset + len(ids)
         else:
-            n_with = conn.execute(n_keyed).scalar() or 0
-        ids += conn.execute(rest.limit(limit - len(ids))
-                            .offset(max(0, offset - n_with))).scalars()
+            n_with = conn.execute(select(func.count()).select_from(joined)
+                                  .where(has_key)).scalar() or 0
+        ids += conn.execute(
+            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc())
+            .limit(limit - len(ids)).offset(max(0, offset - n_with))).scalars()
         return ids
 
     def _ids_by_hparam(self, conn: Connection, folder_id: int, where, key: str, desc: bool,
@@ -194,8 +198,6 @@ class ServerData:
         """PostgreSQL: a page of run ids sorted by hparam ``key`` (missing last, ties by id),
         from run_hparam_values' index."""
         r, hv = db.runs.c, db.hparam_values.c
-        joined = db.hparam_values.join(db.runs, r.id == hv.run_id)
-        has_key = and_(hv.folder_id == folder_id, hv.key == key, where)
         if desc:
             order = [hv.num.desc().nulls_first(), hv.txt.desc().nulls_first(), hv.run_id.desc()]
         else:
@@ -203,10 +205,9 @@ class ServerData:
         without = ~exists(select(literal(1)).select_from(db.hparam_values).where(
             hv.run_id == r.id, hv.key == key))
         return self._two_part_page(
-            conn, select(hv.run_id).select_from(joined).where(has_key).order_by(*order),
-            select(func.count()).select_from(joined).where(has_key),
-            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc()),
-            offset, limit)
+            conn, hv.run_id, db.hparam_values.join(db.runs, r.id == hv.run_id),
+            and_(hv.folder_id == folder_id, hv.key == key, where), order, without, where,
+            desc, offset, limit)
 
     def _ids_by_metric(self, conn: Connection, folder_id: int, where, ref: MetricRef,
                        column: str, desc: bool, offset: int, limit: int) -> list[int]:
@@ -215,9 +216,6 @@ class ServerData:
         metric_series_by_<column> index."""
         r, s = db.runs.c, db.series_by_folder.c
         col = s[column]
-        joined = db.series_by_folder.join(db.runs, r.id == s.run_id)
-        has_value = and_(s.folder_id == folder_id, s.type == ref.type, s.key == ref.key,
-                         col.is_not(None), where)
         # (NULLs are filtered out: the index's own NULL placement serves either direction)
         order = [col.desc(), s.run_id.desc()] if desc else [col.asc(), s.run_id.asc()]
         other = db.series_by_folder.alias("valued")
@@ -225,10 +223,9 @@ class ServerData:
             other.c.run_id == r.id, other.c.type == ref.type, other.c.key == ref.key,
             other.c[column].is_not(None)))
         return self._two_part_page(
-            conn, select(s.run_id).select_from(joined).where(has_value).order_by(*order),
-            select(func.count()).select_from(joined).where(has_value),
-            select(r.id).where(where, without).order_by(r.id.desc() if desc else r.id.asc()),
-            offset, limit)
+            conn, s.run_id, db.series_by_folder.join(db.runs, r.id == s.run_id),
+            and_(s.folder_id == folder_id, s.type == ref.type, s.key == ref.key,
+                 col.is_not(None), where), order, without, where, desc, offset, limit)
 
     def _ids_sorted(self, conn: Connection, q: RunsQuery, where, filtered: bool,
                     metric: tuple[MetricRef, str] | None,

@@ -140,10 +140,10 @@ def test_server_rollups_match_the_oracle(tmp_path: Path, chunk: int) -> None:
     database.dispose()
 
 
-def test_local_sql_bucketing_matches_the_oracle(tmp_path: Path) -> None:
+def local_store(tmp_path: Path, rows: list[tuple]) -> None:
+    """A local store in tmp_path/home holding one run (id 1) with ``rows`` as its metrics."""
     from runstore.store import Store
 
-    rows = make_rows(8_000, seed=11)
     store = Store(tmp_path / "home")
     with store.write() as conn:
         conn.execute("INSERT INTO runs (uuid, name, alternative_name, start_timestamp, "
@@ -151,6 +151,11 @@ def test_local_sql_bucketing_matches_the_oracle(tmp_path: Path) -> None:
         conn.executemany("INSERT INTO metrics VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
                          [(i, *r) for i, r in enumerate(rows)])
     store.close()
+
+
+def test_local_sql_bucketing_matches_the_oracle(tmp_path: Path) -> None:
+    rows = make_rows(8_000, seed=11)
+    local_store(tmp_path, rows)
     points = series_points(rows, "train", "loss")
     steps = [p[1] for p in points]
     conn = sqlite3.connect(f"file:{tmp_path / 'home' / 'runstore.db'}?mode=ro", uri=True)
@@ -258,8 +263,6 @@ def check_infinities(got: dict, raw: bool) -> None:
 def test_infinities_are_marked_not_a_500(tmp_path: Path) -> None:
     """A diverging run logs +inf: its chart data is still JSON (Starlette refuses inf), on the
     server's rollups and the local store alike."""
-    from runstore.store import Store
-
     rows = infinite_rows()
     database, run = server_db(tmp_path)
     ingest(database, run, rows, 1_000)
@@ -269,13 +272,7 @@ def test_infinities_are_marked_not_a_500(tmp_path: Path) -> None:
         clean = from_rollups(conn, run, "train", "loss", 100, 2000, 4000)
         assert clean["posinf"] == [] and clean["neginf"] == [] and None not in clean["y"]
     database.dispose()
-    store = Store(tmp_path / "home")
-    with store.write() as conn:
-        conn.execute("INSERT INTO runs (uuid, name, alternative_name, start_timestamp, "
-                     "local_dir, hostname) VALUES ('u', 'r', 'r_1', 't', '/x', 'h')")
-        conn.executemany("INSERT INTO metrics VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
-                         [(i, *r) for i, r in enumerate(rows)])
-    store.close()
+    local_store(tmp_path, rows)
     conn = sqlite3.connect(f"file:{tmp_path / 'home' / 'runstore.db'}?mode=ro", uri=True)
     check_infinities(local_series(conn, 1, "train", "loss", None, None, 4000), raw=True)
     check_infinities(local_series(conn, 1, "train", "loss", None, None, 100), raw=False)
